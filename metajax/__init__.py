@@ -1,0 +1,24 @@
+"""metajax: functional meta-learning for JAX."""
+
+from metajax import algorithms
+from metajax import data
+from metajax import models
+from metajax.algorithms import MetaLearner
+from metajax.evaluate import evaluate
+from metajax.evaluate import mean_ci
+from metajax.inner import adapt
+from metajax.inner import check_scalar_loss
+from metajax.inner import combine
+from metajax.inner import mask_by_path
+from metajax.inner import maml_loss
+from metajax.inner import partition
+from metajax.tasks import Task
+from metajax.tasks import merge_sets
+from metajax.tasks import num_tasks
+from metajax.tasks import validate_task
+from metajax.train import TrainState
+from metajax.train import init_state
+from metajax.train import make_train_step
+from metajax.train import train
+
+__version__ = "0.1.0"

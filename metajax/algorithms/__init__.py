@@ -1,0 +1,12 @@
+"""Meta-learning algorithms, each a `MetaLearner` of pure functions."""
+
+from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import batch_mean_grad
+from metajax.algorithms.base import mse
+from metajax.algorithms.base import supervised_loss
+from metajax.algorithms.joint import joint
+from metajax.algorithms.maml import anil
+from metajax.algorithms.maml import fomaml
+from metajax.algorithms.maml import maml
+from metajax.algorithms.maml import maml_plus_plus
+from metajax.algorithms.maml import meta_sgd

@@ -1,0 +1,70 @@
+"""The algorithm-neutral interface every meta-learner implements.
+
+A `MetaLearner` is a NamedTuple of pure functions, in the way an optax
+`GradientTransformation` is `(init, update)`. The training loop (`train.py`)
+and evaluation (`evaluate.py`) use only these four functions, so MAML, its
+variants, joint pre-training and later metric-based or amortised learners all
+run through the same loop.
+"""
+
+from typing import Any, Callable, Dict, NamedTuple, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from metajax import tasks as tasks_lib
+
+PyTree = Any
+MetaParams = PyTree
+TaskState = PyTree
+Metrics = Dict[str, jax.Array]
+
+
+class MetaLearner(NamedTuple):
+  """A meta-learning algorithm as four pure functions.
+
+  Attributes:
+    init: `init(key) -> meta_params`, the PyTree the outer optimiser trains.
+    meta_grad: `meta_grad(meta_params, tasks, key) -> (grads, metrics)`: the
+      outer (pseudo-)gradient for a *batch* of tasks (leading task axis), with
+      the structure of `meta_params`, and a dict of scalar metrics that has at
+      least "loss". Reptile-like methods return a pseudo-gradient here.
+    adapt: `adapt(meta_params, support) -> task_state` for *one* task: adapted
+      parameters, prototypes, a latent code, ...
+    predict: `predict(meta_params, task_state, inputs) -> outputs` for one task;
+      `inputs` are the query inputs (the first element of a `(x, y)` set).
+  """
+  init: Callable[[jax.Array], MetaParams]
+  meta_grad: Callable[[MetaParams, tasks_lib.Task, jax.Array],
+                      Tuple[MetaParams, Metrics]]
+  adapt: Callable[[MetaParams, PyTree], TaskState]
+  predict: Callable[[MetaParams, TaskState, PyTree], jax.Array]
+
+
+def supervised_loss(apply_fn: Callable, loss: Callable) -> Callable:
+  """`loss_fn(params, (x, y)) = loss(apply_fn(params, x), y)`."""
+  def loss_fn(params, batch):
+    x, y = batch
+    return loss(apply_fn(params, x), y)
+  return loss_fn
+
+
+def batch_mean_grad(task_loss: Callable[[MetaParams, tasks_lib.Task],
+                                        jax.Array]) -> Callable:
+  """Builds `meta_grad` from a per-task loss: grad of its mean over the batch.
+
+  The batch is mapped with `jax.vmap`, so one task's computation never sees
+  another's data (batch norm statistics included).
+  """
+  def meta_grad(meta_params, tasks, key):
+    del key
+    def mean_loss(mp):
+      return jnp.mean(jax.vmap(task_loss, in_axes=(None, 0))(mp, tasks))
+    loss, grads = jax.value_and_grad(mean_loss)(meta_params)
+    return grads, {"loss": loss}
+  return meta_grad
+
+
+def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean squared error over all elements; scalar."""
+  return jnp.mean(jnp.square(predictions - targets))

@@ -1,0 +1,118 @@
+"""The MAML family as options of one learner built on `metajax.inner`.
+
+* `maml`: exact second-order MAML (Finn et al., 2017), and every variant below
+  through its keyword options;
+* `fomaml`: `first_order=True`;
+* `anil`: adapt only the parameters whose path contains the head's name;
+* `meta_sgd`: learned per-parameter inner learning rates (Li et al., 2017);
+* `maml_plus_plus`: learned per-layer, per-step learning rates and the
+  multi-step loss (Antoniou et al., 2019).
+
+Meta-parameters are a dict: `{"params": model params}` plus `"lr"` when the
+learning rates are learned.
+"""
+
+from typing import Callable, Literal, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from metajax import inner
+from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import batch_mean_grad
+from metajax.algorithms.base import supervised_loss
+
+LearnLR = Optional[Literal["per_param", "per_step"]]
+
+
+def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
+         steps: int = 1, lr: float = 0.01, first_order: bool = False,
+         adapt_mask: Optional[Callable] = None, learn_lr: LearnLR = None,
+         step_weights: Optional[Sequence[float]] = None,
+         remat: bool = False) -> MetaLearner:
+  """Model-agnostic meta-learning.
+
+  Args:
+    init_fn: `init_fn(key) -> params`, e.g. `lambda k: model.init(k, x)`.
+    apply_fn: `apply_fn(params, x) -> predictions`, e.g. `model.apply`.
+    loss: `loss(predictions, targets) -> scalar`, used in both loops.
+    steps: inner gradient steps.
+    lr: inner learning rate, or the initial value of the learned rates.
+    first_order: drop second-order terms (FOMAML).
+    adapt_mask: `adapt_mask(params) -> bool PyTree`; only True leaves adapt
+      (see `metajax.mask_by_path`). None adapts everything.
+    learn_lr: None (fixed `lr`), "per_param" (Meta-SGD: one rate per
+      parameter element) or "per_step" (MAML++: one rate per parameter array
+      and inner step).
+    step_weights: MAML++ multi-step loss weights, one per inner step.
+    remat: rematerialise inner steps in the backward pass.
+
+  Returns:
+    A `MetaLearner`; its task state is the adapted parameters.
+  """
+  inner.check_steps(steps)
+  if learn_lr not in (None, "per_param", "per_step"):
+    raise ValueError(
+        f"learn_lr must be None, 'per_param' or 'per_step', got {learn_lr!r}.")
+  loss_fn = supervised_loss(apply_fn, loss)
+
+  def init(key):
+    params = init_fn(key)
+    meta_params = {"params": params}
+    if learn_lr == "per_param":
+      meta_params["lr"] = jax.tree.map(lambda p: jnp.full_like(p, lr), params)
+    elif learn_lr == "per_step":
+      meta_params["lr"] = jax.tree.map(
+          lambda p: jnp.full((steps,), lr, p.dtype), params)
+    return meta_params
+
+  def options(meta_params, num_steps):
+    params = meta_params["params"]
+    return dict(steps=num_steps, lr=meta_params.get("lr", lr),
+                first_order=first_order,
+                mask=None if adapt_mask is None else adapt_mask(params),
+                per_step_lr=learn_lr == "per_step", remat=remat)
+
+  def task_loss(meta_params, task):
+    return inner.maml_loss(loss_fn, meta_params["params"], task,
+                           step_weights=step_weights,
+                           **options(meta_params, steps))
+
+  def adapt(meta_params, support):
+    return inner.adapt(loss_fn, meta_params["params"], support,
+                       **options(meta_params, steps))
+
+  def predict(meta_params, adapted_params, x):
+    del meta_params
+    return apply_fn(adapted_params, x)
+
+  return MetaLearner(init, batch_mean_grad(task_loss), adapt, predict)
+
+
+def fomaml(init_fn, apply_fn, loss, **kwargs) -> MetaLearner:
+  """First-order MAML: `maml(..., first_order=True)`."""
+  return maml(init_fn, apply_fn, loss, first_order=True, **kwargs)
+
+
+def anil(init_fn, apply_fn, loss, *, head: str = "head",
+         **kwargs) -> MetaLearner:
+  """ANIL: adapts only parameters under a module named `head`."""
+  def head_only(params):
+    return inner.mask_by_path(params, lambda path: head in path.split("/"))
+  return maml(init_fn, apply_fn, loss, adapt_mask=head_only, **kwargs)
+
+
+def meta_sgd(init_fn, apply_fn, loss, **kwargs) -> MetaLearner:
+  """Meta-SGD: `maml(..., learn_lr="per_param")`."""
+  return maml(init_fn, apply_fn, loss, learn_lr="per_param", **kwargs)
+
+
+def maml_plus_plus(init_fn, apply_fn, loss, *, steps: int = 5,
+                   **kwargs) -> MetaLearner:
+  """MAML++ learned per-step rates with a uniform multi-step loss.
+
+  Pass `step_weights` to weight the per-step query losses differently.
+  """
+  kwargs.setdefault("step_weights", [1.0 / steps] * steps)
+  return maml(init_fn, apply_fn, loss, steps=steps, learn_lr="per_step",
+              **kwargs)

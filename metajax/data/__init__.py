@@ -1,0 +1,3 @@
+"""Task sources."""
+
+from metajax.data import sinusoid

@@ -1,0 +1,258 @@
+"""The inner loop: gradient-based adaptation as a `lax.scan` over steps.
+
+Everything in the MAML family is an option of the one loop written here:
+
+* exact second order (default): the inner gradient stays in the graph, so
+  `jax.grad` of `maml_loss` differentiates through it (Finn et al., 2017);
+* `first_order=True`: the inner gradient is a constant to the outer `jax.grad`
+  (FOMAML);
+* `mask`: adapt only a subset of parameters, e.g. the head (ANIL, Raghu et al.,
+  2020); the frozen part is closed over, so no gradient is computed for it;
+* `lr` as a PyTree: per-parameter learning rates that the outer loop can learn
+  (Meta-SGD, Li et al., 2017); with `per_step_lr=True` every step has its own
+  rate (the LSLR of MAML++, Antoniou et al., 2019);
+* `step_weights`: the MAML++ multi-step loss, a weighted sum of the query loss
+  after every inner step;
+* `remat=True`: `jax.checkpoint` around each step, so the backward pass stores
+  only one set of parameters per step instead of every intermediate
+  activation; memory then grows with the parameters, not the activations.
+
+A `loss_fn(params, batch) -> scalar` is all the loop needs to know of the model.
+"""
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metajax import tasks as tasks_lib
+
+PyTree = Any
+LossFn = Callable[[PyTree, PyTree], jax.Array]
+LearningRate = Union[float, jax.Array, PyTree]
+
+
+def check_steps(steps) -> int:
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+    raise TypeError(
+        f"steps must be a Python int (it fixes the length of the scan), got "
+        f"{type(steps).__name__}.")
+  if steps < 0:
+    raise ValueError(f"steps must be >= 0, got {steps}.")
+  return int(steps)
+
+
+def check_scalar_loss(loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
+  """Raises a ValueError unless `loss_fn(params, batch)` is a real scalar.
+
+  Only shapes are traced (`jax.eval_shape`): no computation runs.
+  """
+  out = jax.eval_shape(loss_fn, params, batch)
+  if not isinstance(out, jax.ShapeDtypeStruct):
+    raise ValueError(
+        f"loss_fn must return a scalar array, but it returned a "
+        f"{type(out).__name__}: {out}. Return auxiliary values elsewhere.")
+  if out.shape != ():
+    raise ValueError(
+        f"loss_fn must return a scalar, but it returned shape {out.shape} "
+        f"(dtype {out.dtype}); reduce it over the examples, e.g. with .mean().")
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    raise ValueError(
+        f"loss_fn must return a floating-point scalar, got dtype {out.dtype}.")
+
+
+def partition(params: PyTree, mask: Optional[PyTree]):
+  """Splits `params` into (adapted, frozen) by a boolean `mask` PyTree.
+
+  Leaves where `mask` is True go to `adapted`, the others to `frozen`; the
+  missing leaves are `None` in each, so the two trees keep the structure of
+  `params` and `combine` puts them back together.
+  """
+  if mask is None:
+    return params, jax.tree.map(lambda _: None, params)
+  try:
+    adapted = jax.tree.map(lambda m, p: p if m else None, mask, params)
+    frozen = jax.tree.map(lambda m, p: None if m else p, mask, params)
+  except ValueError as e:
+    raise ValueError(
+        "mask must be a PyTree of Python bools with the structure of params: "
+        f"{e}") from None
+  if not jax.tree.leaves(adapted):
+    raise ValueError("mask selects no parameter to adapt.")
+  return adapted, frozen
+
+
+def combine(adapted: PyTree, frozen: PyTree) -> PyTree:
+  """Inverse of `partition`."""
+  return jax.tree.map(lambda a, f: f if a is None else a, adapted, frozen,
+                      is_leaf=lambda x: x is None)
+
+
+def mask_by_path(params: PyTree, predicate: Callable[[str], bool]) -> PyTree:
+  """A mask that is True where `predicate(path)` holds.
+
+  `path` is the leaf's key path joined by "/", e.g. "params/Dense_2/kernel".
+  ANIL adapts only the head: `mask_by_path(params, lambda p: "head" in p)`.
+  """
+  def name(path):
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(predicate(name(path))), params)
+
+
+def _lr_tree(lr: LearningRate, adapted: PyTree, steps: int,
+             per_step_lr: bool) -> PyTree:
+  """Broadcasts `lr` to one array per adapted leaf, checking shapes.
+
+  Returns a PyTree with the structure of `adapted` (None where it is None)
+  whose leaves broadcast against the parameter, with a leading `steps` axis
+  when `per_step_lr`.
+  """
+  is_none = lambda x: x is None
+  if jax.tree_util.treedef_is_leaf(jax.tree.structure(lr)):
+    shared = jnp.asarray(lr)
+    expected = (steps,) if per_step_lr else ()
+    if shared.shape != expected:
+      raise ValueError(
+          f"a single lr must have shape {expected} "
+          f"({'one rate per inner step' if per_step_lr else 'a scalar'}), got "
+          f"{shared.shape}; pass a PyTree like params for per-parameter rates.")
+    return jax.tree.map(lambda p: None if p is None else shared, adapted,
+                        is_leaf=is_none)
+
+  def check(path, p, l):
+    if p is None:
+      return None
+    l = jnp.asarray(l)
+    where = jax.tree_util.keystr(path)
+    if per_step_lr and (l.ndim == 0 or l.shape[0] != steps):
+      raise ValueError(
+          f"per-step lr{where} has shape {l.shape}; its leading axis must be "
+          f"the number of inner steps ({steps}).")
+    rest = l.shape[1:] if per_step_lr else l.shape
+    try:
+      ok = jnp.broadcast_shapes(rest, p.shape) == p.shape
+    except ValueError:
+      ok = False
+    if not ok:
+      raise ValueError(
+          f"lr{where} has shape {l.shape}, which does not broadcast to the "
+          f"parameter's shape {p.shape}.")
+    return l
+
+  expected = jax.tree.structure(adapted, is_leaf=is_none)
+  if jax.tree.structure(lr) != expected:
+    raise ValueError(
+        "lr must be a scalar or a PyTree with the structure of params; got "
+        f"{jax.tree.structure(lr)}, expected {expected}.")
+  return jax.tree_util.tree_map_with_path(check, adapted, lr, is_leaf=is_none)
+
+
+def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
+         query: Optional[PyTree], *, steps: int, lr: LearningRate,
+         first_order: bool, mask: Optional[PyTree], per_step_lr: bool,
+         remat: bool, query_every_step: bool):
+  """Runs the inner loop; returns (adapted params, query losses per step)."""
+  steps = check_steps(steps)
+  check_scalar_loss(loss_fn, params, support)
+  adapted, frozen = partition(params, mask)
+  lrs = _lr_tree(lr, adapted, steps, per_step_lr)
+
+  def support_loss(a):
+    return loss_fn(combine(a, frozen), support)
+
+  def step(a, step_lrs):
+    grads = jax.grad(support_loss)(a)
+    if first_order:
+      grads = jax.lax.stop_gradient(grads)
+    a = jax.tree.map(lambda p, g, l: (p - l * g).astype(p.dtype), a, grads,
+                     step_lrs)
+    q = loss_fn(combine(a, frozen), query) if query_every_step else None
+    return a, q
+
+  if remat:
+    step = jax.checkpoint(step)
+  if per_step_lr:
+    adapted, q_losses = jax.lax.scan(step, adapted, lrs, length=steps)
+  else:
+    adapted, q_losses = jax.lax.scan(lambda a, _: step(a, lrs), adapted, None,
+                                     length=steps)
+  return combine(adapted, frozen), q_losses
+
+
+def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
+          lr: LearningRate, first_order: bool = False,
+          mask: Optional[PyTree] = None, per_step_lr: bool = False,
+          remat: bool = False) -> PyTree:
+  """Adapts `params` to `batch` with `steps` steps of gradient descent.
+
+  `theta_{t+1} = theta_t - lr_t * grad(loss_fn)(theta_t, batch)`, written as a
+  `lax.scan`, so it is differentiable (exactly, to all orders) and jit-able.
+
+  Args:
+    loss_fn: `loss_fn(params, batch) -> scalar`.
+    params: PyTree of parameters (e.g. flax `variables`).
+    batch: whatever `loss_fn` takes, e.g. `(x [n, ...], y [n, ...])`.
+    steps: number of inner steps, a Python int >= 0.
+    lr: a scalar, or a PyTree with the structure of `params` whose leaves
+      broadcast against each parameter (Meta-SGD). With `per_step_lr`, every
+      leaf (or the scalar) has a leading axis of length `steps`.
+    first_order: stop gradients through the inner gradient (FOMAML).
+    mask: optional PyTree of bools with the structure of `params`; only leaves
+      marked True are adapted (ANIL). Leaves of `lr` where the mask is False
+      are ignored.
+    per_step_lr: whether `lr` has a leading per-step axis (MAML++ LSLR).
+    remat: rematerialise each inner step in the backward pass.
+
+  Returns:
+    The adapted parameters, a PyTree with the structure and dtypes of `params`.
+  """
+  adapted, _ = _run(loss_fn, params, batch, None, steps=steps, lr=lr,
+                    first_order=first_order, mask=mask,
+                    per_step_lr=per_step_lr, remat=remat,
+                    query_every_step=False)
+  return adapted
+
+
+def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
+              steps: int, lr: LearningRate, first_order: bool = False,
+              mask: Optional[PyTree] = None, per_step_lr: bool = False,
+              remat: bool = False,
+              step_weights: Optional[Sequence[float]] = None) -> jax.Array:
+  """Query loss of one task after adapting on its support set.
+
+  `jax.grad(maml_loss, argnums=1)` is the exact MAML meta-gradient (second
+  order unless `first_order`). Vmap it over a batch of tasks and average for
+  the meta-objective; learned learning rates get gradients when `lr` is passed
+  in as part of what is differentiated.
+
+  Args:
+    loss_fn: `loss_fn(params, batch) -> scalar`, used on both sets.
+    params: PyTree of meta-parameters (the initialisation).
+    task: a `Task(support, query)` of one task (no task axis).
+    steps, lr, first_order, mask, per_step_lr, remat: as in `adapt`.
+    step_weights: optional sequence of `steps` weights for the MAML++ multi-step
+      loss `sum_t w_t * L_query(theta_t)`, t = 1..steps. By default only the
+      final query loss counts.
+
+  Returns:
+    Scalar query loss (dtype of `loss_fn`'s output).
+  """
+  tasks_lib.validate_task(task)
+  if step_weights is None:
+    adapted, _ = _run(loss_fn, params, task.support, None, steps=steps, lr=lr,
+                      first_order=first_order, mask=mask,
+                      per_step_lr=per_step_lr, remat=remat,
+                      query_every_step=False)
+    return loss_fn(adapted, task.query)
+  weights = jnp.asarray(step_weights)
+  if weights.shape != (check_steps(steps),) or steps == 0:
+    raise ValueError(
+        f"step_weights must have one weight per inner step (shape ({steps},)), "
+        f"got shape {weights.shape}.")
+  _, q_losses = _run(loss_fn, params, task.support, task.query, steps=steps,
+                     lr=lr, first_order=first_order, mask=mask,
+                     per_step_lr=per_step_lr, remat=remat,
+                     query_every_step=True)
+  return jnp.sum(weights.astype(q_losses.dtype) * q_losses)

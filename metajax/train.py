@@ -1,0 +1,272 @@
+"""The one meta-training loop, shared by every `MetaLearner`.
+
+The loop state is a `TrainState` PyTree (step, meta-parameters, optimiser state,
+PRNG key). Tasks are sampled on the device inside the compiled step from a key
+split off the state's key, so a run is a pure function of its seed: restarting
+from a checkpoint replays exactly the same tasks and reaches exactly the same
+parameters as an uninterrupted run.
+
+`log_every` meta-steps run inside one compiled `lax.scan` call, which keeps
+Python out of the inner loop of small models; metrics are averaged over those
+steps, appended to `metrics.jsonl`, and shown on a progress bar. Orbax
+checkpoints are written every `checkpoint_every` steps and at the end, and a
+run restarted with the same `workdir` resumes from the latest one.
+"""
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from metajax import tasks as tasks_lib
+from metajax.algorithms.base import MetaLearner
+
+PyTree = Any
+TaskSampler = Callable[[jax.Array], tasks_lib.Task]
+
+
+class TrainState(NamedTuple):
+  """Everything a meta-training run carries from one step to the next.
+
+  Attributes:
+    step: int32 scalar, meta-steps taken (skipped non-finite steps included).
+    meta_params: the learner's meta-parameters.
+    opt_state: the optax optimiser's state.
+    key: uint32 `[2]` PRNG key for the steps still to come.
+    nonfinite_step: int32 scalar, the first step whose meta-gradient or loss
+      was not finite, or -1. That step's update is not applied.
+  """
+  step: jax.Array
+  meta_params: PyTree
+  opt_state: PyTree
+  key: jax.Array
+  nonfinite_step: jax.Array
+
+
+def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation,
+               key: jax.Array) -> TrainState:
+  """Initialises meta-parameters and optimiser state from one key."""
+  init_key, run_key = jax.random.split(key)
+  meta_params = learner.init(init_key)
+  return TrainState(jnp.int32(0), meta_params, optimizer.init(meta_params),
+                    run_key, jnp.int32(-1))
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train_step(learner: MetaLearner,
+                    optimizer: optax.GradientTransformation,
+                    sample_tasks: TaskSampler, *, num_steps: int,
+                    halt_on_nonfinite: bool = True) -> Callable:
+  """Builds the compiled function that runs `num_steps` meta-steps.
+
+  Args:
+    learner: the algorithm.
+    optimizer: the outer optimiser.
+    sample_tasks: `sample_tasks(key) -> Task` batch with a leading task axis,
+      traceable (it runs inside the compiled step).
+    num_steps: meta-steps per call (a `lax.scan`).
+    halt_on_nonfinite: once a step is non-finite, leave the state untouched
+      for the rest of the call (the caller then stops); otherwise skip only
+      the offending updates and go on.
+
+  Returns:
+    `step_fn(state, stop_at) -> (state, metrics)`: runs up to `num_steps`
+    steps but none at or past step `stop_at` (int32), so one compiled function
+    also serves a shorter last chunk. Each metric is stacked over the
+    `num_steps` slots, with "ran" (bool `[num_steps]`) marking real steps.
+  """
+  def one_step(state: TrainState):
+    key, task_key, grad_key = jax.random.split(state.key, 3)
+    tasks = sample_tasks(task_key)
+    grads, metrics = learner.meta_grad(state.meta_params, tasks, grad_key)
+    finite = _all_finite(grads) & _all_finite(metrics)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.meta_params)
+    meta_params = optax.apply_updates(state.meta_params, updates)
+    keep_new = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite,
+                               state.step, state.nonfinite_step)
+    return TrainState(state.step + 1,
+                      keep_new(meta_params, state.meta_params),
+                      keep_new(opt_state, state.opt_state), key,
+                      nonfinite_step), metrics
+
+  metric_shapes = jax.eval_shape(lambda s: one_step(s)[1], _abstract_state(
+      learner, optimizer))
+
+  def body(state, stop_at):
+    halted = (state.step >= stop_at) | (
+        halt_on_nonfinite & (state.nonfinite_step >= 0))
+    def skip(s):
+      return s, jax.tree.map(lambda m: jnp.full(m.shape, jnp.nan, m.dtype),
+                             metric_shapes)
+    state, metrics = jax.lax.cond(halted, skip, one_step, state)
+    return state, dict(metrics, ran=~halted)
+
+  @jax.jit
+  def step_fn(state, stop_at):
+    return jax.lax.scan(lambda s, _: body(s, stop_at), state, None,
+                        length=num_steps)
+
+  return step_fn
+
+
+def _abstract_state(learner, optimizer):
+  return jax.eval_shape(lambda: init_state(learner, optimizer,
+                                           jax.random.PRNGKey(0)))
+
+
+class _MetricsLog:
+  """Appends one JSON object per logged step to `metrics.jsonl`."""
+
+  def __init__(self, path: Optional[str], resume_step: int):
+    self.path = path
+    if path and os.path.exists(path):
+      # Lines past the checkpoint we resume from describe steps that will be
+      # re-run; keep the log equal to what an uninterrupted run writes.
+      with open(path) as f:
+        kept = [l for l in f if json.loads(l)["step"] <= resume_step]
+      with open(path, "w") as f:
+        f.writelines(kept)
+
+  def write(self, record: Dict[str, Any]):
+    if self.path:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
+          sample_tasks: TaskSampler, *, key: jax.Array, num_steps: int,
+          workdir: Optional[str] = None, log_every: int = 100,
+          checkpoint_every: int = 1000, fail_on_nonfinite: bool = True,
+          eval_fn: Optional[Callable[[PyTree], Dict[str, float]]] = None,
+          eval_every: Optional[int] = None, progress: bool = True,
+          desc: str = "meta-train") -> TrainState:
+  """Meta-trains `learner` for `num_steps` steps, resuming from `workdir`.
+
+  Args:
+    learner: any `MetaLearner`.
+    optimizer: the outer optax optimiser.
+    sample_tasks: traceable `sample_tasks(key) -> Task` batch.
+    key: PRNG key for the run; together with the flags it fixes the result.
+    num_steps: total meta-steps of the run (not of this call: a resumed run
+      continues to `num_steps`).
+    workdir: where `checkpoints/` and `metrics.jsonl` go; None keeps nothing.
+    log_every: meta-steps per compiled call, per log line and per progress
+      update.
+    checkpoint_every: steps between checkpoints; rounded up to a multiple of
+      `log_every`. The last step is always checkpointed.
+    fail_on_nonfinite: raise FloatingPointError at the first non-finite
+      meta-gradient (after checkpointing the last finite state); otherwise
+      such steps are skipped and counted in the log.
+    eval_fn: optional `eval_fn(meta_params) -> dict of floats`, run on the
+      host every `eval_every` steps and logged.
+    eval_every: steps between evaluations; rounded up to `log_every`.
+    progress: show a tqdm progress bar.
+    desc: the progress bar's label.
+
+  Returns:
+    The final `TrainState`.
+  """
+  if num_steps < 0 or log_every < 1 or checkpoint_every < 1:
+    raise ValueError(
+        f"need num_steps >= 0, log_every >= 1, checkpoint_every >= 1; got "
+        f"{num_steps}, {log_every}, {checkpoint_every}.")
+  tasks_lib.validate_task(jax.eval_shape(sample_tasks, key), batched=True)
+  n_tasks = tasks_lib.num_tasks(jax.eval_shape(sample_tasks, key))
+  state = init_state(learner, optimizer, key)
+
+  manager = None
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    if manager.latest_step() is not None:
+      state = restore_state(manager, state)
+  start = int(state.step)
+  log = _MetricsLog(os.path.join(workdir, "metrics.jsonl") if workdir
+                    else None, start)
+  t0 = time.perf_counter()
+  step_fn = make_train_step(
+      learner, optimizer, sample_tasks, num_steps=log_every,
+      halt_on_nonfinite=fail_on_nonfinite).lower(
+          state, jnp.int32(num_steps)).compile()
+  compile_s = time.perf_counter() - t0
+  logging.info("%s: compiled %d meta-steps per call in %.1f s", desc,
+               log_every, compile_s)
+
+  bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step",
+                  disable=not progress, dynamic_ncols=True)
+  since_ckpt = since_eval = 0
+  try:
+    while int(state.step) < num_steps:
+      t0 = time.perf_counter()
+      state, metrics = step_fn(state, jnp.int32(num_steps))
+      metrics = jax.device_get(metrics)
+      seconds = time.perf_counter() - t0
+      ran = metrics.pop("ran")
+      take = int(np.sum(ran))
+      step = int(state.step)
+      record = {"step": step, "tasks_per_s": take * n_tasks / seconds}
+      if compile_s is not None:
+        record["compile_s"], compile_s = compile_s, None
+      if take:
+        record.update({k: float(np.mean(v[ran])) for k, v in metrics.items()})
+      since_ckpt += take
+      since_eval += take
+      if eval_fn is not None and eval_every and (since_eval >= eval_every or
+                                                 step >= num_steps):
+        record.update(eval_fn(state.meta_params))
+        since_eval = 0
+      log.write(record)
+      bar.update(take)
+      bar.set_postfix({k: f"{record[k]:.4g}" for k in record
+                       if k not in ("step", "grad_norm")})
+      halted = int(state.nonfinite_step) >= 0
+      if manager and (since_ckpt >= checkpoint_every or step >= num_steps
+                      or halted):
+        save_state(manager, state)
+        since_ckpt = 0
+      if halted and fail_on_nonfinite:
+        raise FloatingPointError(
+            f"non-finite meta-gradient or loss at step "
+            f"{int(state.nonfinite_step)}; its update was not applied. The "
+            f"last finite state (step {step})"
+            + (f" is checkpointed in {workdir}." if workdir else " is kept.")
+            + " Lower the learning rates or pass fail_on_nonfinite=False to"
+            " skip such steps.")
+  finally:
+    bar.close()
+    if manager:
+      manager.wait_until_finished()
+      manager.close()
+  return state
+
+
+def save_state(manager: ocp.CheckpointManager, state: TrainState) -> None:
+  """Saves `state` under its step number."""
+  manager.save(int(state.step), args=ocp.args.StandardSave(state._asdict()))
+
+
+def restore_state(manager: ocp.CheckpointManager,
+                  like: TrainState) -> TrainState:
+  """Restores the latest checkpoint into the structure of `like`."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like._asdict())
+  restored = manager.restore(manager.latest_step(),
+                             args=ocp.args.StandardRestore(abstract))
+  return TrainState(**restored)
