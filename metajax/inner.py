@@ -71,13 +71,13 @@ def partition(params: PyTree, mask: Optional[PyTree]):
   """
   if mask is None:
     return params, jax.tree.map(lambda _: None, params)
-  try:
-    adapted = jax.tree.map(lambda m, p: p if m else None, mask, params)
-    frozen = jax.tree.map(lambda m, p: None if m else p, mask, params)
-  except ValueError as e:
+  if jax.tree.structure(mask) != jax.tree.structure(params):
     raise ValueError(
-        "mask must be a PyTree of Python bools with the structure of params: "
-        f"{e}") from None
+        "mask must be a PyTree of Python bools with the structure of params; "
+        f"got {jax.tree.structure(mask)}, expected "
+        f"{jax.tree.structure(params)}.")
+  adapted = jax.tree.map(lambda m, p: p if m else None, mask, params)
+  frozen = jax.tree.map(lambda m, p: None if m else p, mask, params)
   if not jax.tree.leaves(adapted):
     raise ValueError("mask selects no parameter to adapt.")
   return adapted, frozen

@@ -10,6 +10,7 @@ is what `jax.vmap` maps over.
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -90,7 +91,7 @@ def validate_task(task: Task, *, batched: bool = False) -> None:
           f"support{where} has per-example shape {s_shape[example_axis + 1:]} "
           f"but query{where} has {q_shape[example_axis + 1:]} "
           f"(full shapes {s_shape} and {q_shape}).")
-    s_dtype, q_dtype = np.result_type(s), np.result_type(q)
+    s_dtype, q_dtype = jnp.result_type(s), jnp.result_type(q)
     if s_dtype != q_dtype:
       raise ValueError(
           f"support{where} has dtype {s_dtype} but query{where} has {q_dtype}.")
@@ -106,5 +107,5 @@ def merge_sets(task: Task) -> Any:
 
   Joint (non-episodic) training sees all of a task's labelled data at once.
   """
-  return jax.tree.map(lambda s, q: jax.numpy.concatenate([s, q], axis=0),
+  return jax.tree.map(lambda s, q: jnp.concatenate([s, q], axis=0),
                       task.support, task.query)

@@ -37,12 +37,14 @@ class TrainState(NamedTuple):
   """Everything a meta-training run carries from one step to the next.
 
   Attributes:
-    step: int32 scalar, meta-steps taken (skipped non-finite steps included).
+    step: int32 scalar, meta-steps taken. A non-finite step counts only when
+      it is skipped (`fail_on_nonfinite=False`), not when the run halts on it.
     meta_params: the learner's meta-parameters.
     opt_state: the optax optimiser's state.
     key: uint32 `[2]` PRNG key for the steps still to come.
-    nonfinite_step: int32 scalar, the first step whose meta-gradient or loss
-      was not finite, or -1. That step's update is not applied.
+    nonfinite_step: int32 scalar, the first step in this call of `train`
+      whose meta-gradient or loss was not finite, or -1. That step's update
+      is not applied.
   """
   step: jax.Array
   meta_params: PyTree
@@ -97,12 +99,17 @@ def make_train_step(learner: MetaLearner,
     meta_params = optax.apply_updates(state.meta_params, updates)
     keep_new = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(finite, n, o), new, old)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+                   nonfinite=~finite)
     nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite,
                                state.step, state.nonfinite_step)
-    return TrainState(state.step + 1,
+    # When halting, a non-finite step is not taken at all: the step count and
+    # the key stay put, so a resumed run retries exactly that step.
+    advance = finite | (not halt_on_nonfinite)
+    return TrainState(jnp.where(advance, state.step + 1, state.step),
                       keep_new(meta_params, state.meta_params),
-                      keep_new(opt_state, state.opt_state), key,
+                      keep_new(opt_state, state.opt_state),
+                      jnp.where(advance, key, state.key),
                       nonfinite_step), metrics
 
   metric_shapes = jax.eval_shape(lambda s: one_step(s)[1], _abstract_state(
@@ -197,7 +204,10 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=2))
     if manager.latest_step() is not None:
-      state = restore_state(manager, state)
+      # nonfinite_step reports on this call only: a run that halted is
+      # resumed to retry the step it stopped at.
+      state = restore_state(manager, state)._replace(
+          nonfinite_step=jnp.int32(-1))
   start = int(state.step)
   log = _MetricsLog(os.path.join(workdir, "metrics.jsonl") if workdir
                     else None, start)
@@ -216,17 +226,24 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
   try:
     while int(state.step) < num_steps:
       t0 = time.perf_counter()
+      previous = int(state.step)
       state, metrics = step_fn(state, jnp.int32(num_steps))
       metrics = jax.device_get(metrics)
       seconds = time.perf_counter() - t0
       ran = metrics.pop("ran")
-      take = int(np.sum(ran))
+      nonfinite = metrics.pop("nonfinite")[ran]
       step = int(state.step)
+      take = step - previous
       record = {"step": step, "tasks_per_s": take * n_tasks / seconds}
       if compile_s is not None:
         record["compile_s"], compile_s = compile_s, None
-      if take:
-        record.update({k: float(np.mean(v[ran])) for k, v in metrics.items()})
+      finite = ran.copy()
+      finite[ran] = ~nonfinite
+      if finite.any():
+        record.update({k: float(np.mean(v[finite]))
+                       for k, v in metrics.items()})
+      if nonfinite.any():
+        record["nonfinite_steps"] = int(nonfinite.sum())
       since_ckpt += take
       since_eval += take
       if eval_fn is not None and eval_every and (since_eval >= eval_every or
@@ -237,9 +254,9 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       bar.update(take)
       bar.set_postfix({k: f"{record[k]:.4g}" for k in record
                        if k not in ("step", "grad_norm")})
-      halted = int(state.nonfinite_step) >= 0
+      halted = fail_on_nonfinite and int(state.nonfinite_step) >= 0
       if manager and (since_ckpt >= checkpoint_every or step >= num_steps
-                      or halted):
+                      or halted) and manager.latest_step() != step:
         save_state(manager, state)
         since_ckpt = 0
       if halted and fail_on_nonfinite:

@@ -8,7 +8,7 @@ import flax.linen as nn
 class MLP(nn.Module):
   """Fully connected network; the last layer is named "head".
 
-  Input `[N, D]` float; output `[N, features[-1]]`. `hidden_sizes` are the
+  Input `[N, D]` float; output `[N, num_outputs]`. `hidden_sizes` are the
   widths of the hidden layers, each followed by `activation`; the MAML
   sinusoid model is `MLP((40, 40), 1)`.
   """

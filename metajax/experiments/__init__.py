@@ -1,0 +1,1 @@
+"""Importable bodies of the `experiments/` scripts: config in, files out."""

@@ -1,0 +1,51 @@
+"""Shared fixtures: float64 switching and a tiny smooth regression problem."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import metajax
+
+
+@pytest.fixture
+def x64():
+  """Runs the test with float64 enabled, restoring the previous setting."""
+  previous = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", previous)
+
+
+def tiny_mlp_params(key, dtype=jnp.float32, width=6):
+  """Params of a 1-width-1 tanh MLP: smooth, so finite differences are exact."""
+  k1, k2, k3 = jax.random.split(key, 3)
+  return {
+      "body": {"w": jax.random.normal(k1, (1, width), dtype),
+               "b": 0.1 * jax.random.normal(k3, (width,), dtype)},
+      "head": {"w": jax.random.normal(k2, (width, 1), dtype) / width ** 0.5,
+               "b": jnp.zeros((1,), dtype)},
+  }
+
+
+def tiny_mlp(params, x):
+  h = jnp.tanh(x @ params["body"]["w"] + params["body"]["b"])
+  return h @ params["head"]["w"] + params["head"]["b"]
+
+
+def tiny_loss(params, batch):
+  x, y = batch
+  return jnp.mean((tiny_mlp(params, x) - y) ** 2)
+
+
+def tiny_task(key, dtype=jnp.float32, n_support=5, n_query=7):
+  """A sinusoid-like regression task `Task((x, y), (x, y))`, leaves [n, 1]."""
+  k1, k2, k3 = jax.random.split(key, 3)
+  amp = 1.0 + jax.random.uniform(k3, (), dtype)
+  xs = jax.random.uniform(k1, (n_support, 1), dtype, -2.0, 2.0)
+  xq = jax.random.uniform(k2, (n_query, 1), dtype, -2.0, 2.0)
+  return metajax.Task((xs, amp * jnp.sin(xs)), (xq, amp * jnp.sin(xq)))
+
+
+def tiny_tasks(key, n_tasks, dtype=jnp.float32):
+  """A batch of `tiny_task`s with a leading task axis."""
+  return jax.vmap(lambda k: tiny_task(k, dtype))(jax.random.split(key, n_tasks))

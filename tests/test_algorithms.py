@@ -1,0 +1,124 @@
+"""The MAML family and joint training through the MetaLearner interface."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metajax
+from metajax import algorithms
+from conftest import tiny_mlp, tiny_mlp_params, tiny_tasks
+
+mse = algorithms.mse
+
+
+def _init(key):
+  return tiny_mlp_params(key)
+
+
+def _learner(build=algorithms.maml, **kw):
+  return build(_init, tiny_mlp, mse, **kw)
+
+
+def test_maml_meta_grad_is_the_gradient_of_the_mean_task_loss():
+  learner = _learner(steps=2, lr=0.1)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 5)
+  grads, metrics = learner.meta_grad(meta_params, tasks, jax.random.PRNGKey(2))
+  loss_fn = algorithms.supervised_loss(tiny_mlp, mse)
+  per_task = [jax.tree.map(lambda x: x[i], tasks) for i in range(5)]
+  expected = jax.tree.map(lambda *g: sum(g) / 5, *[
+      jax.grad(lambda p: metajax.maml_loss(loss_fn, p, t, steps=2, lr=0.1))(
+          meta_params["params"]) for t in per_task])
+  chex.assert_trees_all_close(grads["params"], expected, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(metrics["loss"], np.mean([
+      metajax.maml_loss(loss_fn, meta_params["params"], t, steps=2, lr=0.1)
+      for t in per_task]), rtol=1e-6)
+
+
+def test_adapt_then_predict_lowers_the_support_loss():
+  learner = _learner(steps=5, lr=0.1)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  task = jax.tree.map(lambda x: x[0], tiny_tasks(jax.random.PRNGKey(1), 1))
+  x, y = task.support
+  adapted = learner.adapt(meta_params, task.support)
+  before = mse(tiny_mlp(meta_params["params"], x), y)
+  after = mse(learner.predict(meta_params, adapted, x), y)
+  assert float(after) < float(before)
+
+
+def test_anil_adapts_only_the_head():
+  learner = _learner(algorithms.anil, steps=3, lr=0.1)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  task = jax.tree.map(lambda x: x[0], tiny_tasks(jax.random.PRNGKey(1), 1))
+  adapted = learner.adapt(meta_params, task.support)
+  chex.assert_trees_all_equal(adapted["body"], meta_params["params"]["body"])
+  assert not np.allclose(adapted["head"]["w"], meta_params["params"]["head"]["w"])
+  grads, _ = learner.meta_grad(meta_params, tiny_tasks(jax.random.PRNGKey(1), 3),
+                               None)
+  assert float(jnp.abs(grads["params"]["body"]["w"]).max()) > 0
+
+
+@pytest.mark.parametrize("build,lr_shape", [
+    (algorithms.meta_sgd, lambda p, steps: p.shape),
+    (algorithms.maml_plus_plus, lambda p, steps: (steps,))])
+def test_learned_learning_rates_are_meta_parameters_with_gradients(build,
+                                                                   lr_shape):
+  learner = _learner(build, steps=3, lr=0.05)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  jax.tree.map(lambda p, l: chex.assert_shape(l, lr_shape(p, 3)),
+               meta_params["params"], meta_params["lr"])
+  grads, _ = learner.meta_grad(meta_params, tiny_tasks(jax.random.PRNGKey(1), 4),
+                               None)
+  for leaf in jax.tree.leaves(grads["lr"]):
+    assert float(jnp.abs(leaf).max()) > 0
+
+
+def test_maml_plus_plus_rejects_params_trained_for_another_step_count():
+  trained = _learner(algorithms.maml_plus_plus, steps=3).init(
+      jax.random.PRNGKey(0))
+  longer = _learner(algorithms.maml_plus_plus, steps=5)
+  task = jax.tree.map(lambda x: x[0], tiny_tasks(jax.random.PRNGKey(1), 1))
+  with pytest.raises(ValueError, match=r"leading axis must be the number of "
+                     r"inner steps \(5\)"):
+    longer.adapt(trained, task.support)
+
+
+def test_fomaml_gradient_is_the_query_gradient_at_the_adapted_params():
+  learner = _learner(algorithms.fomaml, steps=2, lr=0.1)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 1)
+  task = jax.tree.map(lambda x: x[0], tasks)
+  grads, _ = learner.meta_grad(meta_params, tasks, None)
+  adapted = learner.adapt(meta_params, task.support)
+  expected = jax.grad(algorithms.supervised_loss(tiny_mlp, mse))(adapted,
+                                                                 task.query)
+  chex.assert_trees_all_close(grads["params"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_joint_trains_on_pooled_sets_and_fine_tunes_at_test():
+  learner = algorithms.joint(_init, tiny_mlp, mse, steps=2, lr=0.1)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 3)
+  grads, metrics = learner.meta_grad(meta_params, tasks, None)
+  def pooled(p):
+    return jnp.mean(jnp.stack([
+        mse(tiny_mlp(p, jnp.concatenate([tasks.support[0][i], tasks.query[0][i]])),
+            jnp.concatenate([tasks.support[1][i], tasks.query[1][i]]))
+        for i in range(3)]))
+  chex.assert_trees_all_close(grads["params"],
+                              jax.grad(pooled)(meta_params["params"]),
+                              rtol=1e-5, atol=1e-7)
+  task = jax.tree.map(lambda x: x[0], tasks)
+  expected = metajax.adapt(algorithms.supervised_loss(tiny_mlp, mse),
+                           meta_params["params"], task.support, steps=2, lr=0.1)
+  chex.assert_trees_all_close(learner.adapt(meta_params, task.support),
+                              expected)
+
+
+def test_bad_options_are_rejected():
+  with pytest.raises(ValueError, match="learn_lr"):
+    _learner(learn_lr="per_layer")
+  with pytest.raises(ValueError, match="steps must be >= 0"):
+    _learner(steps=-2)

@@ -1,0 +1,240 @@
+"""The inner loop: exact meta-gradients, its options, and its error messages."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metajax
+from conftest import tiny_loss, tiny_mlp, tiny_mlp_params, tiny_task
+from conftest import tiny_tasks
+
+
+def _flat(tree):
+  return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def _directional_check(f, params, key, n_dirs=3, h=1e-5):
+  """Max relative error between jax.grad(f)·d and a central difference."""
+  grads = jax.grad(f)(params)
+  errors = []
+  for k in jax.random.split(key, n_dirs):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(k, len(leaves))
+    d = jax.tree.unflatten(treedef, [
+        jax.random.normal(kk, l.shape, l.dtype) for kk, l in zip(keys, leaves)])
+    shift = lambda s: jax.tree.map(lambda p, v: p + s * h * v, params, d)
+    fd = (f(shift(1.0)) - f(shift(-1.0))) / (2 * h)
+    ad = jnp.vdot(_flat(grads), _flat(d))
+    errors.append(float(jnp.abs(fd - ad) / jnp.abs(ad)))
+  return max(errors)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_second_order_meta_gradient_matches_finite_differences(x64, steps):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  f = lambda p: metajax.maml_loss(tiny_loss, p, task, steps=steps, lr=0.3)
+  assert _directional_check(f, params, jax.random.PRNGKey(2)) <= 1e-6
+
+
+def test_first_order_differs_from_second_order(x64):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  grad = lambda fo: _flat(jax.grad(lambda p: metajax.maml_loss(
+      tiny_loss, p, task, steps=3, lr=0.3, first_order=fo))(params))
+  so, fo = grad(False), grad(True)
+  rel = float(jnp.linalg.norm(so - fo) / jnp.linalg.norm(so))
+  assert rel > 1e-3  # far above the 1e-6 exactness tolerance
+  # The first-order gradient is the query gradient at the adapted params.
+  adapted = metajax.adapt(tiny_loss, params, task.support, steps=3, lr=0.3)
+  np.testing.assert_allclose(
+      fo, _flat(jax.grad(tiny_loss)(adapted, task.query)), rtol=1e-12)
+
+
+def test_remat_gives_the_same_gradient(x64):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  grad = lambda remat: jax.grad(lambda p: metajax.maml_loss(
+      tiny_loss, p, task, steps=5, lr=0.3, remat=remat))(params)
+  chex.assert_trees_all_close(grad(True), grad(False), rtol=1e-12, atol=0)
+
+
+def test_adapt_is_plain_gradient_descent(x64):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  expected = params
+  for _ in range(4):
+    g = jax.grad(tiny_loss)(expected, task.support)
+    expected = jax.tree.map(lambda p, g: p - 0.2 * g, expected, g)
+  got = metajax.adapt(tiny_loss, params, task.support, steps=4, lr=0.2)
+  chex.assert_trees_all_close(got, expected, rtol=1e-12)
+  chex.assert_trees_all_equal(
+      metajax.adapt(tiny_loss, params, task.support, steps=0, lr=0.2), params)
+
+
+def test_per_parameter_learning_rates_get_exact_gradients(x64):
+  """Meta-SGD: the rates are differentiable and their gradient is exact."""
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  lrs = jax.tree.map(lambda p: jnp.full_like(p, 0.2), params)
+  f = lambda lr: metajax.maml_loss(tiny_loss, params, task, steps=2, lr=lr)
+  g = jax.grad(f)(lrs)
+  assert all(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(g))
+  assert _directional_check(f, lrs, jax.random.PRNGKey(3)) <= 1e-6
+
+
+def test_per_step_learning_rates_get_gradients_for_every_step(x64):
+  """MAML++ LSLR: one rate per parameter array and step, all trained."""
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  lrs = jax.tree.map(lambda p: jnp.array([0.1, 0.2, 0.3]), params)
+  f = lambda lr: metajax.maml_loss(tiny_loss, params, task, steps=3, lr=lr,
+                                   per_step_lr=True, step_weights=[.2, .3, .5])
+  g = jax.grad(f)(lrs)
+  for leaf in jax.tree.leaves(g):
+    assert leaf.shape == (3,) and bool(jnp.all(leaf != 0))
+  assert _directional_check(f, lrs, jax.random.PRNGKey(3)) <= 1e-6
+  # A per-step schedule equals chaining single steps at those rates.
+  p = params
+  for rate in (0.1, 0.2, 0.3):
+    p = metajax.adapt(tiny_loss, p, task.support, steps=1, lr=rate)
+  chex.assert_trees_all_close(
+      metajax.adapt(tiny_loss, params, task.support, steps=3,
+                    lr=jnp.array([0.1, 0.2, 0.3]), per_step_lr=True),
+      p, rtol=1e-12)
+
+
+def test_multi_step_loss_is_the_weighted_sum_of_query_losses(x64):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  weights = [0.1, 0.3, 0.6]
+  expected = sum(
+      w * metajax.maml_loss(tiny_loss, params, task, steps=t + 1, lr=0.3)
+      for t, w in enumerate(weights))
+  got = metajax.maml_loss(tiny_loss, params, task, steps=3, lr=0.3,
+                          step_weights=weights)
+  np.testing.assert_allclose(got, expected, rtol=1e-12)
+  f = lambda p: metajax.maml_loss(tiny_loss, p, task, steps=3, lr=0.3,
+                                  step_weights=weights)
+  assert _directional_check(f, params, jax.random.PRNGKey(2)) <= 1e-6
+
+
+def test_mask_adapts_only_the_head_but_the_body_gets_meta_gradients(x64):
+  """ANIL: the body is frozen inside the loop, yet trained by the outer loop."""
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  mask = metajax.mask_by_path(params, lambda path: path.startswith("head"))
+  assert mask == {"body": {"b": False, "w": False},
+                  "head": {"b": True, "w": True}}
+  adapted = metajax.adapt(tiny_loss, params, task.support, steps=3, lr=0.3,
+                          mask=mask)
+  chex.assert_trees_all_equal(adapted["body"], params["body"])
+  assert not np.allclose(adapted["head"]["w"], params["head"]["w"])
+  f = lambda p: metajax.maml_loss(tiny_loss, p, task, steps=3, lr=0.3,
+                                  mask=mask)
+  assert float(jnp.abs(jax.grad(f)(params)["body"]["w"]).max()) > 0
+  assert _directional_check(f, params, jax.random.PRNGKey(2)) <= 1e-6
+
+
+def test_vmap_over_tasks_equals_a_python_loop():
+  params = tiny_mlp_params(jax.random.PRNGKey(0))
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 4)
+  f = functools.partial(metajax.maml_loss, tiny_loss, steps=2, lr=0.1)
+  batched = jax.vmap(f, in_axes=(None, 0))(params, tasks)
+  looped = [f(params, jax.tree.map(lambda x: x[i], tasks)) for i in range(4)]
+  np.testing.assert_allclose(batched, jnp.stack(looped), rtol=1e-6)
+  g_batched = jax.grad(lambda p: jnp.mean(
+      jax.vmap(f, in_axes=(None, 0))(p, tasks)))(params)
+  g_looped = jax.tree.map(lambda *g: sum(g) / 4, *[
+      jax.grad(f)(params, jax.tree.map(lambda x: x[i], tasks))
+      for i in range(4)])
+  chex.assert_trees_all_close(g_batched, g_looped, rtol=1e-5, atol=1e-7)
+
+
+class JitTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_jit_equals_no_jit(self):
+    params = tiny_mlp_params(jax.random.PRNGKey(0))
+    task = tiny_task(jax.random.PRNGKey(1))
+
+    @self.variant
+    def meta_grad(p, t):
+      return jax.grad(lambda q: metajax.maml_loss(tiny_loss, q, t, steps=2,
+                                                  lr=0.1))(p)
+
+    expected = jax.grad(lambda q: metajax.maml_loss(
+        tiny_loss, q, task, steps=2, lr=0.1))(params)
+    chex.assert_trees_all_close(meta_grad(params, task), expected, rtol=1e-5)
+
+
+# Bad input.
+
+def _setup():
+  return tiny_mlp_params(jax.random.PRNGKey(0)), tiny_task(
+      jax.random.PRNGKey(1))
+
+
+def test_mismatched_support_and_query_shapes_are_named():
+  params, task = _setup()
+  (xs, ys), (xq, yq) = task
+  bad = metajax.Task((xs, ys), (jnp.zeros((7, 2)), yq))
+  with pytest.raises(ValueError, match=r"support\[0\].*\(1,\).*query\[0\].*"
+                     r"\(2,\)"):
+    metajax.maml_loss(tiny_loss, params, bad, steps=1, lr=0.1)
+  with pytest.raises(ValueError, match="different structures"):
+    metajax.maml_loss(tiny_loss, params, metajax.Task((xs, ys), (xq,)),
+                      steps=1, lr=0.1)
+  with pytest.raises(ValueError, match=r"disagree on the size of axis 0"):
+    metajax.maml_loss(tiny_loss, params,
+                      metajax.Task((xs, ys[:3]), (xq, yq)), steps=1, lr=0.1)
+
+
+def test_non_scalar_loss_is_rejected():
+  params, task = _setup()
+  per_example = lambda p, b: jnp.sum((tiny_mlp(p, b[0]) - b[1]) ** 2, -1)
+  with pytest.raises(ValueError, match=r"must return a scalar.*shape \(5,\)"):
+    metajax.adapt(per_example, params, task.support, steps=1, lr=0.1)
+  with pytest.raises(ValueError, match="returned a tuple"):
+    metajax.adapt(lambda p, b: (tiny_loss(p, b), 0.0), params, task.support,
+                  steps=1, lr=0.1)
+
+
+@pytest.mark.parametrize("steps,error", [(-1, ValueError), (2.0, TypeError),
+                                         (True, TypeError)])
+def test_bad_steps_are_rejected(steps, error):
+  params, task = _setup()
+  with pytest.raises(error, match="steps"):
+    metajax.maml_loss(tiny_loss, params, task, steps=steps, lr=0.1)
+
+
+def test_bad_learning_rates_masks_and_weights_are_named():
+  params, task = _setup()
+  lrs = jax.tree.map(jnp.ones_like, params)
+  lrs["body"]["w"] = jnp.ones((3, 3))
+  with pytest.raises(ValueError, match=r"lr\['body'\]\['w'\].*\(3, 3\).*"
+                     r"\(1, 6\)"):
+    metajax.adapt(tiny_loss, params, task.support, steps=1, lr=lrs)
+  with pytest.raises(ValueError, match="structure of params"):
+    metajax.adapt(tiny_loss, params, task.support, steps=1,
+                  lr={"body": 0.1})
+  with pytest.raises(ValueError, match=r"leading axis.*inner steps \(3\)"):
+    metajax.adapt(tiny_loss, params, task.support, steps=3,
+                  lr=jax.tree.map(lambda p: jnp.ones(2), params),
+                  per_step_lr=True)
+  with pytest.raises(ValueError, match=r"shape \(3,\).*got \(\)"):
+    metajax.adapt(tiny_loss, params, task.support, steps=3, lr=0.1,
+                  per_step_lr=True)
+  with pytest.raises(ValueError, match="mask selects no parameter"):
+    metajax.adapt(tiny_loss, params, task.support, steps=1, lr=0.1,
+                  mask=jax.tree.map(lambda _: False, params))
+  with pytest.raises(ValueError, match="mask must be a PyTree"):
+    metajax.adapt(tiny_loss, params, task.support, steps=1, lr=0.1,
+                  mask={"head": True})
+  with pytest.raises(ValueError, match=r"one weight per inner step"):
+    metajax.maml_loss(tiny_loss, params, task, steps=3, lr=0.1,
+                      step_weights=[1.0, 1.0])

@@ -1,0 +1,128 @@
+"""The training loop: exact resume, non-finite handling, logs."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+import metajax
+from metajax import algorithms
+from metajax.data import sinusoid
+from metajax.models import MLP
+from metajax.train import restore_state
+
+MODEL = MLP((16,), 1)
+
+
+def _learner(lr=0.01, steps=1):
+  return algorithms.maml(lambda k: MODEL.init(k, jnp.zeros((1, 1))),
+                         MODEL.apply, algorithms.mse, steps=steps, lr=lr)
+
+
+SAMPLER = sinusoid.sampler(4, 5, 5)
+
+
+def _train(workdir, num_steps, learner=None, **kw):
+  kw.setdefault("log_every", 5)
+  kw.setdefault("checkpoint_every", 10)
+  return metajax.train(learner or _learner(), optax.adam(1e-2), SAMPLER,
+                       key=jax.random.PRNGKey(0), num_steps=num_steps,
+                       workdir=workdir, progress=False, **kw)
+
+
+def _log(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l) for l in f]
+
+
+def test_resume_reaches_the_same_parameters_as_an_uninterrupted_run(tmp_path):
+  full = _train(str(tmp_path / "full"), 30)
+  part = str(tmp_path / "part")
+  first = _train(part, 20)
+  assert int(first.step) == 20
+  resumed = _train(part, 30)
+  assert int(resumed.step) == 30
+  chex.assert_trees_all_equal(resumed.meta_params, full.meta_params)
+  chex.assert_trees_all_equal(resumed.opt_state, full.opt_state)
+  np.testing.assert_array_equal(resumed.key, full.key)
+  strip = lambda rows: [{k: v for k, v in r.items()
+                         if k not in ("tasks_per_s", "compile_s")}
+                        for r in rows]
+  assert strip(_log(part)) == strip(_log(str(tmp_path / "full")))
+  assert [r["step"] for r in _log(part)] == [5, 10, 15, 20, 25, 30]
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path):
+  done = _train(str(tmp_path), 10)
+  again = _train(str(tmp_path), 10)
+  chex.assert_trees_all_equal(done.meta_params, again.meta_params)
+  assert len(_log(str(tmp_path))) == 2
+
+
+def test_chunking_does_not_change_the_result(tmp_path):
+  """A short last chunk (23 = 4 * 5 + 3) and other chunk sizes agree."""
+  a = _train(None, 23, log_every=5)
+  b = _train(None, 23, log_every=23)
+  assert int(a.step) == int(b.step) == 23
+  chex.assert_trees_all_close(a.meta_params, b.meta_params, rtol=1e-6)
+
+
+def test_loss_decreases_on_sinusoids():
+  state = _train(None, 1000, log_every=250)
+  learner = _learner()
+  before = metajax.evaluate(learner, learner.init(jax.random.split(
+      jax.random.PRNGKey(0))[0]), SAMPLER, algorithms.mse,
+      key=jax.random.PRNGKey(9), num_tasks=200)
+  after = metajax.evaluate(learner, state.meta_params, SAMPLER,
+                           algorithms.mse, key=jax.random.PRNGKey(9),
+                           num_tasks=200)
+  assert after.mean() < 0.75 * before.mean()
+
+
+def test_non_finite_meta_gradient_fails_fast_and_keeps_the_last_good_state(
+    tmp_path):
+  # An inner learning rate of 1e4 makes the adapted parameters overflow.
+  exploding = _learner(lr=1e4, steps=5)
+  with pytest.raises(FloatingPointError,
+                     match=r"non-finite meta-gradient or loss at step 0"):
+    _train(str(tmp_path), 20, learner=exploding)
+  mngr_dir = tmp_path / "checkpoints"
+  assert sorted(os.listdir(mngr_dir)) == ["0"]
+  # Nothing was lost: the checkpoint holds the finite initial parameters.
+  init = metajax.init_state(exploding, optax.adam(1e-2), jax.random.PRNGKey(0))
+  with ocp.CheckpointManager(str(mngr_dir)) as manager:
+    restored = restore_state(manager, init)
+  chex.assert_trees_all_equal(restored.meta_params, init.meta_params)
+  assert int(restored.step) == 0 and int(restored.nonfinite_step) == 0
+  # Resuming with the fault fixed retries the step that failed.
+  fixed = _train(str(tmp_path), 10, learner=_learner(lr=0.01, steps=5))
+  assert int(fixed.step) == 10
+  log = _log(str(tmp_path))
+  assert [r["step"] for r in log] == [0, 5, 10]
+  assert log[0]["nonfinite_steps"] == 1 and "loss" not in log[0]
+
+
+def test_non_finite_steps_can_be_skipped_instead(tmp_path):
+  exploding = _learner(lr=1e4, steps=5)
+  state = _train(str(tmp_path), 10, learner=exploding,
+                 fail_on_nonfinite=False)
+  assert int(state.step) == 10 and int(state.nonfinite_step) == 0
+  assert [r["nonfinite_steps"] for r in _log(str(tmp_path))] == [5, 5]
+  for leaf in jax.tree.leaves(state.meta_params):
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+
+
+def test_bad_arguments_are_rejected():
+  with pytest.raises(ValueError, match="log_every >= 1"):
+    _train(None, 10, log_every=0)
+  bad_sampler = lambda key: metajax.Task((jnp.zeros((4, 5, 1)),),
+                                         (jnp.zeros((3, 5, 1)),))
+  with pytest.raises(ValueError, match="support has 4 tasks but query has 3"):
+    metajax.train(_learner(), optax.adam(1e-3), bad_sampler,
+                  key=jax.random.PRNGKey(0), num_steps=1, progress=False)
