@@ -119,7 +119,8 @@ def make_train_step(learner: MetaLearner,
     halted = (state.step >= stop_at) | (
         halt_on_nonfinite & (state.nonfinite_step >= 0))
     def skip(s):
-      return s, jax.tree.map(lambda m: jnp.full(m.shape, jnp.nan, m.dtype),
+      # Placeholders only: "ran" marks these slots as not real steps.
+      return s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
                              metric_shapes)
     state, metrics = jax.lax.cond(halted, skip, one_step, state)
     return state, dict(metrics, ran=~halted)
