@@ -54,17 +54,18 @@ def time_impl(impl):
       cross_entropy, steps=1, lr=0.4)
   optimizer = optax.adam(1e-3)
   state = metajax.init_state(learner, optimizer, jax.random.PRNGKey(0))
-  step = metajax.make_train_step(
-      learner, optimizer, lambda k: sample_tasks(k, FLAGS.meta_batch_size),
-      num_steps=1)
+  step = metajax.make_train_step(learner, optimizer, num_steps=1)
+  sampler = metajax.tasks.sampler_tree(
+      lambda k: sample_tasks(k, FLAGS.meta_batch_size))
+  stop_at = jnp.int32(10**9)
   t0 = time.perf_counter()
-  compiled = step.lower(state, jnp.int32(10**9)).compile()
+  compiled = step.lower(state, sampler, stop_at).compile()
   compile_s = time.perf_counter() - t0
-  state, _ = jax.block_until_ready(compiled(state, jnp.int32(10**9)))  # warm-up
+  state, _ = jax.block_until_ready(compiled(state, sampler, stop_at))  # warm-up
   times = []
   for _ in range(FLAGS.repeats):
     t0 = time.perf_counter()
-    state, metrics = jax.block_until_ready(compiled(state, jnp.int32(10**9)))
+    state, metrics = jax.block_until_ready(compiled(state, sampler, stop_at))
     times.append(time.perf_counter() - t0)
   return {"impl": impl, "compile_s": compile_s,
           "ms_per_step": 1000 * float(np.median(times)),

@@ -3,6 +3,7 @@
 from metajax import algorithms
 from metajax import data
 from metajax import models
+from metajax import tasks
 from metajax.algorithms import MetaLearner
 from metajax.evaluate import evaluate
 from metajax.evaluate import mean_ci
@@ -15,6 +16,7 @@ from metajax.inner import partition
 from metajax.tasks import Task
 from metajax.tasks import merge_sets
 from metajax.tasks import num_tasks
+from metajax.tasks import sampler_tree
 from metajax.tasks import validate_task
 from metajax.train import TrainState
 from metajax.train import init_state

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metajax import tasks as tasks_lib
 from metajax.algorithms.base import MetaLearner
 from metajax.train import TaskSampler
 
@@ -68,13 +69,14 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
   Returns:
     float64 `[num_tasks]` array, one value per task; feed it to `mean_ci`.
   """
-  score = jax.jit(lambda mp, k: task_metrics(learner, metric_fn)(
-      mp, sample_tasks(k)))
+  score = jax.jit(lambda mp, k, sampler: task_metrics(learner, metric_fn)(
+      mp, sampler(k)))
+  sample_tasks = tasks_lib.sampler_tree(sample_tasks)
   values = []
   count = 0
   while count < num_tasks:
     key, sub = jax.random.split(key)
-    batch = np.asarray(score(meta_params, sub), dtype=np.float64)
+    batch = np.asarray(score(meta_params, sub, sample_tasks), np.float64)
     values.append(batch)
     count += batch.size
   return np.concatenate(values)[:num_tasks]

@@ -7,7 +7,7 @@ tasks is the same PyTree with one more leading *task* axis on every leaf, which
 is what `jax.vmap` maps over.
 """
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -109,3 +109,22 @@ def merge_sets(task: Task) -> Any:
   """
   return jax.tree.map(lambda s, q: jnp.concatenate([s, q], axis=0),
                       task.support, task.query)
+
+
+def sampler_tree(sample_tasks: Callable) -> jax.tree_util.Partial:
+  """Wraps a `key -> Task` sampler so it can be an argument of `jax.jit`.
+
+  A sampler that closes over a dataset on the device would have `jit` bake the
+  whole dataset into the compiled program as a constant (slow to compile, and
+  copied into every executable). A `jax.tree_util.Partial` whose bound
+  arguments are the arrays is a PyTree instead: the arrays are ordinary
+  arguments of the compiled step. Plain functions are wrapped with no bound
+  arguments; a `Partial` is returned unchanged.
+  """
+  if isinstance(sample_tasks, jax.tree_util.Partial):
+    return sample_tasks
+  if not callable(sample_tasks):
+    raise TypeError(
+        f"a task sampler must be callable as sample_tasks(key), got "
+        f"{type(sample_tasks).__name__}.")
+  return jax.tree_util.Partial(sample_tasks)

@@ -68,28 +68,28 @@ def _all_finite(tree) -> jax.Array:
 
 
 def make_train_step(learner: MetaLearner,
-                    optimizer: optax.GradientTransformation,
-                    sample_tasks: TaskSampler, *, num_steps: int,
-                    halt_on_nonfinite: bool = True) -> Callable:
-  """Builds the compiled function that runs `num_steps` meta-steps.
+                    optimizer: optax.GradientTransformation, *,
+                    num_steps: int, halt_on_nonfinite: bool = True
+                    ) -> Callable:
+  """Builds the jit-compiled function that runs `num_steps` meta-steps.
 
   Args:
     learner: the algorithm.
     optimizer: the outer optimiser.
-    sample_tasks: `sample_tasks(key) -> Task` batch with a leading task axis,
-      traceable (it runs inside the compiled step).
     num_steps: meta-steps per call (a `lax.scan`).
     halt_on_nonfinite: once a step is non-finite, leave the state untouched
       for the rest of the call (the caller then stops); otherwise skip only
       the offending updates and go on.
 
   Returns:
-    `step_fn(state, stop_at) -> (state, metrics)`: runs up to `num_steps`
-    steps but none at or past step `stop_at` (int32), so one compiled function
-    also serves a shorter last chunk. Each metric is stacked over the
+    `step_fn(state, sample_tasks, stop_at) -> (state, metrics)`: runs up to
+    `num_steps` steps but none at or past step `stop_at` (int32), so one
+    compiled function also serves a shorter last chunk. `sample_tasks` is a
+    `key -> Task` batch sampler wrapped by `metajax.tasks.sampler_tree`; it runs
+    inside the compiled step. Each metric is stacked over the
     `num_steps` slots, with "ran" (bool `[num_steps]`) marking real steps.
   """
-  def one_step(state: TrainState):
+  def one_step(state: TrainState, sample_tasks):
     key, task_key, grad_key = jax.random.split(state.key, 3)
     tasks = sample_tasks(task_key)
     grads, metrics = learner.meta_grad(state.meta_params, tasks, grad_key)
@@ -112,30 +112,23 @@ def make_train_step(learner: MetaLearner,
                       jnp.where(advance, key, state.key),
                       nonfinite_step), metrics
 
-  metric_shapes = jax.eval_shape(lambda s: one_step(s)[1], _abstract_state(
-      learner, optimizer))
-
-  def body(state, stop_at):
+  def body(state, sample_tasks, stop_at):
     halted = (state.step >= stop_at) | (
         halt_on_nonfinite & (state.nonfinite_step >= 0))
+    take_step = lambda s: one_step(s, sample_tasks)
     def skip(s):
       # Placeholders only: "ran" marks these slots as not real steps.
       return s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
-                             metric_shapes)
-    state, metrics = jax.lax.cond(halted, skip, one_step, state)
+                             jax.eval_shape(take_step, s)[1])
+    state, metrics = jax.lax.cond(halted, skip, take_step, state)
     return state, dict(metrics, ran=~halted)
 
   @jax.jit
-  def step_fn(state, stop_at):
-    return jax.lax.scan(lambda s, _: body(s, stop_at), state, None,
-                        length=num_steps)
+  def step_fn(state, sample_tasks, stop_at):
+    return jax.lax.scan(lambda s, _: body(s, sample_tasks, stop_at), state,
+                        None, length=num_steps)
 
   return step_fn
-
-
-def _abstract_state(learner, optimizer):
-  return jax.eval_shape(lambda: init_state(learner, optimizer,
-                                           jax.random.PRNGKey(0)))
 
 
 class _MetricsLog:
@@ -194,8 +187,10 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
     raise ValueError(
         f"need num_steps >= 0, log_every >= 1, checkpoint_every >= 1; got "
         f"{num_steps}, {log_every}, {checkpoint_every}.")
-  tasks_lib.validate_task(jax.eval_shape(sample_tasks, key), batched=True)
-  n_tasks = tasks_lib.num_tasks(jax.eval_shape(sample_tasks, key))
+  sample_tasks = tasks_lib.sampler_tree(sample_tasks)
+  example = jax.eval_shape(sample_tasks, key)
+  tasks_lib.validate_task(example, batched=True)
+  n_tasks = tasks_lib.num_tasks(example)
   state = init_state(learner, optimizer, key)
 
   manager = None
@@ -213,10 +208,11 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
   log = _MetricsLog(os.path.join(workdir, "metrics.jsonl") if workdir
                     else None, start)
   t0 = time.perf_counter()
+  stop_at = jnp.int32(num_steps)
   step_fn = make_train_step(
-      learner, optimizer, sample_tasks, num_steps=log_every,
+      learner, optimizer, num_steps=log_every,
       halt_on_nonfinite=fail_on_nonfinite).lower(
-          state, jnp.int32(num_steps)).compile()
+          state, sample_tasks, stop_at).compile()
   compile_s = time.perf_counter() - t0
   logging.info("%s: compiled %d meta-steps per call in %.1f s", desc,
                log_every, compile_s)
@@ -228,7 +224,7 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
     while int(state.step) < num_steps:
       t0 = time.perf_counter()
       previous = int(state.step)
-      state, metrics = step_fn(state, jnp.int32(num_steps))
+      state, metrics = step_fn(state, sample_tasks, stop_at)
       metrics = jax.device_get(metrics)
       seconds = time.perf_counter() - t0
       ran = metrics.pop("ran")

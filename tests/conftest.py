@@ -1,10 +1,33 @@
 """Shared fixtures: float64 switching and a tiny smooth regression problem."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 import metajax
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir():
+  """The real data of ../shared/data (or $METAJAX_DATA_DIR).
+
+  Tests on real files skip on a user's machine that has no copy, but fail in
+  CI (CI=true), where the data must be present.
+  """
+  path = os.environ.get("METAJAX_DATA_DIR",
+                        os.path.join(ROOT, "..", "shared", "data"))
+  if not os.path.isdir(path):
+    message = (f"real data not found at {path}; set METAJAX_DATA_DIR to the "
+               f"folder holding omniglot/ and knowledge_tracing/.")
+    if os.environ.get("CI"):
+      pytest.fail(message)
+    pytest.skip(message)
+  return os.path.abspath(path)
 
 
 @pytest.fixture

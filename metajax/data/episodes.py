@@ -1,0 +1,165 @@
+"""Class-indexed image datasets and the on-device N-way K-shot episode sampler.
+
+A `ClassDataset` holds a whole split in memory as one uint8 array
+`[classes, examples, H, W, C]`. `episode_sampler` turns it into a traceable
+`key -> Task` function: class and example indices are drawn with `jax.random`
+inside the compiled training step and gathered from the array already on the
+device, so no episode is built on the host and nothing is copied per step.
+"""
+
+import functools
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metajax.tasks import Task
+
+
+class ClassDataset(NamedTuple):
+  """A split of an image dataset, indexed by class.
+
+  Attributes:
+    images: uint8 `[num_classes, max_examples, H, W, C]`. Rows past
+      `counts[c]` are padding and are never sampled.
+    counts: int32 `[num_classes]`, the number of real examples of each class.
+    class_names: one name per class, e.g. "Angelic/character01/rot090".
+  """
+  images: np.ndarray
+  counts: np.ndarray
+  class_names: Tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.images.shape[0])
+
+  @property
+  def image_shape(self) -> Tuple[int, int, int]:
+    return tuple(int(d) for d in self.images.shape[2:])
+
+
+def make_dataset(images: np.ndarray, class_names: Sequence[str],
+                 counts: Optional[np.ndarray] = None) -> ClassDataset:
+  """Builds a `ClassDataset`, checking shapes and dtype.
+
+  Args:
+    images: uint8 `[classes, examples, H, W]` or `[classes, examples, H, W, C]`;
+      a missing channel axis is added.
+    class_names: one per class, unique.
+    counts: real examples per class; defaults to all `examples`.
+  """
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise ValueError(f"images must be uint8, got {images.dtype}.")
+  if images.ndim == 4:
+    images = images[..., None]
+  if images.ndim != 5:
+    raise ValueError(
+        f"images must be [classes, examples, H, W(, C)], got shape "
+        f"{images.shape}.")
+  names = tuple(str(n) for n in class_names)
+  if len(names) != images.shape[0]:
+    raise ValueError(
+        f"{len(names)} class names for {images.shape[0]} classes.")
+  if len(set(names)) != len(names):
+    raise ValueError("class names must be unique.")
+  if counts is None:
+    counts = np.full(images.shape[0], images.shape[1], np.int32)
+  counts = np.asarray(counts, np.int32)
+  if counts.shape != (images.shape[0],) or counts.min(initial=1) < 0 or (
+      counts.max(initial=0) > images.shape[1]):
+    raise ValueError(
+        f"counts must be [{images.shape[0]}] values in [0, {images.shape[1]}].")
+  return ClassDataset(images, counts, names)
+
+
+def subset(dataset: ClassDataset, names: Sequence[str]) -> ClassDataset:
+  """The classes `names` of `dataset`, in that order."""
+  index = {n: i for i, n in enumerate(dataset.class_names)}
+  missing = [n for n in names if n not in index]
+  if missing:
+    raise ValueError(
+        f"{len(missing)} classes not in the dataset, e.g. {missing[:3]}.")
+  rows = np.array([index[n] for n in names], np.int64)
+  return ClassDataset(dataset.images[rows], dataset.counts[rows], tuple(names))
+
+
+def check_episode_fits(dataset: ClassDataset, ways: int, shots: int,
+                       query: int, split: str = "split") -> None:
+  """Raises a ValueError naming the class when an episode cannot be drawn."""
+  if min(ways, shots) < 1 or query < 0:
+    raise ValueError(
+        f"need ways >= 1, shots >= 1 and query >= 0; got {ways}, {shots}, "
+        f"{query}.")
+  if ways > dataset.num_classes:
+    raise ValueError(
+        f"{ways}-way episodes need {ways} classes but the {split} split has "
+        f"{dataset.num_classes}.")
+  need = shots + query
+  short = np.flatnonzero(dataset.counts < need)
+  if short.size:
+    c = int(short[0])
+    raise ValueError(
+        f"class {dataset.class_names[c]!r} of the {split} split has "
+        f"{int(dataset.counts[c])} examples, fewer than shots + query = "
+        f"{need} ({short.size} classes are short).")
+
+
+def sample_episode(key: jax.Array, images: jax.Array, counts: jax.Array, *,
+                   ways: int, shots: int, query: int) -> Task:
+  """Draws one episode from device arrays; traceable.
+
+  Classes are drawn without replacement, then `shots + query` distinct
+  examples of each. Labels are the positions 0..ways-1 of the drawn classes,
+  so they carry no information about the class identity.
+
+  Args:
+    key: PRNG key.
+    images: uint8 `[classes, examples, H, W, C]`.
+    counts: int32 `[classes]`.
+    ways, shots, query: episode sizes.
+
+  Returns:
+    `Task(support=(x, y), query=(x, y))`: x uint8 `[ways * shots, H, W, C]`
+    and `[ways * query, H, W, C]`, y int32 labels, ordered class by class.
+  """
+  k_cls, k_ex = jax.random.split(key)
+  classes = jax.random.choice(k_cls, images.shape[0], (ways,), replace=False)
+  # A random permutation of each class's real examples: sort random scores,
+  # sending padding rows (index >= count) to the end.
+  scores = jax.random.uniform(k_ex, (ways, images.shape[1]))
+  valid = jnp.arange(images.shape[1])[None, :] < counts[classes][:, None]
+  order = jnp.argsort(jnp.where(valid, scores, 2.0), axis=1)
+  picked = order[:, :shots + query]
+  x = images[classes[:, None], picked]  # [ways, shots + query, H, W, C]
+  labels = jnp.broadcast_to(jnp.arange(ways, dtype=jnp.int32)[:, None],
+                            (ways, shots + query))
+  flat = lambda a: a.reshape((-1,) + a.shape[2:])
+  return Task((flat(x[:, :shots]), flat(labels[:, :shots])),
+              (flat(x[:, shots:]), flat(labels[:, shots:])))
+
+
+def _sample_batch(images, counts, key, *, ways, shots, query, batch_size):
+  keys = jax.random.split(key, batch_size)
+  return jax.vmap(lambda k: sample_episode(
+      k, images, counts, ways=ways, shots=shots, query=query))(keys)
+
+
+def episode_sampler(dataset: ClassDataset, *, ways: int, shots: int,
+                    query: int, batch_size: int,
+                    split: str = "split") -> jax.tree_util.Partial:
+  """`key -> Task` batch of `batch_size` episodes, sampled on the device.
+
+  The dataset's arrays are put on the device once, here, and bound into a
+  `jax.tree_util.Partial`, so the training step receives them as arguments
+  rather than as constants compiled into the program.
+
+  Returns:
+    A callable PyTree; its Task has leading axis `batch_size` on every leaf.
+  """
+  check_episode_fits(dataset, ways, shots, query, split)
+  sizes = dict(ways=ways, shots=shots, query=query, batch_size=batch_size)
+  return jax.tree_util.Partial(functools.partial(_sample_batch, **sizes),
+                               jax.device_put(dataset.images),
+                               jax.device_put(dataset.counts))
