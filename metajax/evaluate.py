@@ -13,6 +13,7 @@ import numpy as np
 
 from metajax import tasks as tasks_lib
 from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import accuracy  # re-exported for metric_fn
 from metajax.train import TaskSampler
 
 PyTree = object
@@ -80,8 +81,3 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
     values.append(batch)
     count += batch.size
   return np.concatenate(values)[:num_tasks]
-
-
-def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Fraction of `[n, classes]` logits whose argmax equals int `[n]` labels."""
-  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

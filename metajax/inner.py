@@ -20,6 +20,7 @@ Everything in the MAML family is an option of the one loop written here:
 A `loss_fn(params, batch) -> scalar` is all the loop needs to know of the model.
 """
 
+import functools
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
@@ -219,7 +220,8 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
               steps: int, lr: LearningRate, first_order: bool = False,
               mask: Optional[PyTree] = None, per_step_lr: bool = False,
               remat: bool = False,
-              step_weights: Optional[Sequence[float]] = None) -> jax.Array:
+              step_weights: Optional[Sequence[float]] = None,
+              return_adapted: bool = False):
   """Query loss of one task after adapting on its support set.
 
   `jax.grad(maml_loss, argnums=1)` is the exact MAML meta-gradient (second
@@ -240,19 +242,19 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
     Scalar query loss (dtype of `loss_fn`'s output).
   """
   tasks_lib.validate_task(task)
+  run = functools.partial(
+      _run, loss_fn, params, task.support, task.query, steps=steps, lr=lr,
+      first_order=first_order, mask=mask, per_step_lr=per_step_lr,
+      remat=remat)
   if step_weights is None:
-    adapted, _ = _run(loss_fn, params, task.support, None, steps=steps, lr=lr,
-                      first_order=first_order, mask=mask,
-                      per_step_lr=per_step_lr, remat=remat,
-                      query_every_step=False)
-    return loss_fn(adapted, task.query)
-  weights = jnp.asarray(step_weights)
-  if weights.shape != (check_steps(steps),) or steps == 0:
-    raise ValueError(
-        f"step_weights must have one weight per inner step (shape ({steps},)), "
-        f"got shape {weights.shape}.")
-  _, q_losses = _run(loss_fn, params, task.support, task.query, steps=steps,
-                     lr=lr, first_order=first_order, mask=mask,
-                     per_step_lr=per_step_lr, remat=remat,
-                     query_every_step=True)
-  return jnp.sum(weights.astype(q_losses.dtype) * q_losses)
+    adapted, _ = run(query_every_step=False)
+    loss = loss_fn(adapted, task.query)
+  else:
+    weights = jnp.asarray(step_weights)
+    if weights.shape != (check_steps(steps),) or steps == 0:
+      raise ValueError(
+          f"step_weights must have one weight per inner step (shape "
+          f"({steps},)), got shape {weights.shape}.")
+    adapted, q_losses = run(query_every_step=True)
+    loss = jnp.sum(weights.astype(q_losses.dtype) * q_losses)
+  return (loss, adapted) if return_adapted else loss

@@ -1,7 +1,10 @@
 """Meta-learning algorithms, each a `MetaLearner` of pure functions."""
 
 from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import accuracy
 from metajax.algorithms.base import batch_mean_grad
+from metajax.algorithms.base import classification_metrics
+from metajax.algorithms.base import cross_entropy
 from metajax.algorithms.base import mse
 from metajax.algorithms.base import supervised_loss
 from metajax.algorithms.joint import joint
@@ -10,3 +13,4 @@ from metajax.algorithms.maml import fomaml
 from metajax.algorithms.maml import maml
 from metajax.algorithms.maml import maml_plus_plus
 from metajax.algorithms.maml import meta_sgd
+from metajax.algorithms.protonet import protonet

@@ -49,22 +49,46 @@ def supervised_loss(apply_fn: Callable, loss: Callable) -> Callable:
   return loss_fn
 
 
-def batch_mean_grad(task_loss: Callable[[MetaParams, tasks_lib.Task],
-                                        jax.Array]) -> Callable:
+def batch_mean_grad(task_loss: Callable, has_aux: bool = False) -> Callable:
   """Builds `meta_grad` from a per-task loss: grad of its mean over the batch.
 
   The batch is mapped with `jax.vmap`, so one task's computation never sees
   another's data (batch norm statistics included).
+
+  Args:
+    task_loss: `task_loss(meta_params, task) -> scalar`, or with `has_aux`
+      `-> (scalar, dict of scalar metrics)`; the metrics are averaged over the
+      batch and reported beside "loss".
+    has_aux: whether `task_loss` returns metrics.
   """
   def meta_grad(meta_params, tasks, key):
     del key
     def mean_loss(mp):
-      return jnp.mean(jax.vmap(task_loss, in_axes=(None, 0))(mp, tasks))
-    loss, grads = jax.value_and_grad(mean_loss)(meta_params)
-    return grads, {"loss": loss}
+      out = jax.vmap(task_loss, in_axes=(None, 0))(mp, tasks)
+      losses, aux = out if has_aux else (out, {})
+      return jnp.mean(losses), jax.tree.map(jnp.mean, aux)
+    (loss, aux), grads = jax.value_and_grad(mean_loss, has_aux=True)(
+        meta_params)
+    return grads, dict(aux, loss=loss)
   return meta_grad
 
 
 def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
   """Mean squared error over all elements; scalar."""
   return jnp.mean(jnp.square(predictions - targets))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy of `[n, classes]` logits and int `[n]` labels."""
+  log_p = jax.nn.log_softmax(logits)
+  return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=-1))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of `[n, classes]` logits whose argmax equals int `[n]` labels."""
+  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def classification_metrics(logits: jax.Array, labels: jax.Array):
+  """`{"accuracy": ...}`, the training metric of classification learners."""
+  return {"accuracy": accuracy(logits, labels)}

@@ -29,7 +29,8 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
          steps: int = 1, lr: float = 0.01, first_order: bool = False,
          adapt_mask: Optional[Callable] = None, learn_lr: LearnLR = None,
          step_weights: Optional[Sequence[float]] = None,
-         remat: bool = False) -> MetaLearner:
+         remat: bool = False,
+         metrics: Optional[Callable] = None) -> MetaLearner:
   """Model-agnostic meta-learning.
 
   Args:
@@ -46,6 +47,9 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
       and inner step).
     step_weights: MAML++ multi-step loss weights, one per inner step.
     remat: rematerialise inner steps in the backward pass.
+    metrics: optional `metrics(predictions, targets) -> dict of scalars` on
+      the query set after adaptation, reported by `meta_grad` (e.g.
+      accuracy).
 
   Returns:
     A `MetaLearner`; its task state is the adapted parameters.
@@ -74,9 +78,13 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
                 per_step_lr=learn_lr == "per_step", remat=remat)
 
   def task_loss(meta_params, task):
-    return inner.maml_loss(loss_fn, meta_params["params"], task,
-                           step_weights=step_weights,
-                           **options(meta_params, steps))
+    loss, adapted = inner.maml_loss(
+        loss_fn, meta_params["params"], task, step_weights=step_weights,
+        return_adapted=True, **options(meta_params, steps))
+    if metrics is None:
+      return loss, {}
+    x, y = task.query
+    return loss, metrics(jax.lax.stop_gradient(apply_fn(adapted, x)), y)
 
   def adapt(meta_params, support):
     return inner.adapt(loss_fn, meta_params["params"], support,
@@ -86,7 +94,8 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
     del meta_params
     return apply_fn(adapted_params, x)
 
-  return MetaLearner(init, batch_mean_grad(task_loss), adapt, predict)
+  return MetaLearner(init, batch_mean_grad(task_loss, has_aux=True), adapt,
+                     predict)
 
 
 def fomaml(init_fn, apply_fn, loss, **kwargs) -> MetaLearner:

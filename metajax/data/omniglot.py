@@ -3,8 +3,8 @@
 Every source produces the same `OmniglotRaw`: the 105x105 drawings of each
 character, 255 = paper and 0 = ink, in canonical order (sorted by set,
 alphabet and character). `preprocess` turns it into the standard few-shot
-input: resized to 28x28 (cached on disk), inverted so that ink is the bright
-foreground. `make_splits` builds the meta-train / meta-validation / meta-test
+input with `transform`: resized to 28x28 (Lanczos, antialiased; cached on
+disk), inverted so that ink is the bright foreground. `make_splits` builds the meta-train / meta-validation / meta-test
 `ClassDataset`s of either protocol:
 
 * "vinyals" (Vinyals et al., 2016; the ProtoNets split files): 1,200
@@ -17,10 +17,13 @@ foreground. `make_splits` builds the meta-train / meta-validation / meta-test
   alphabet informs training.
 """
 
+import functools
 import hashlib
 import os
 from typing import Dict, NamedTuple, Optional, Tuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metajax.data import episodes
@@ -128,18 +131,30 @@ def fingerprint(raw: OmniglotRaw) -> str:
   return h.hexdigest()[:16]
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-  from PIL import Image  # pillow comes with matplotlib
-  flat = images.reshape((-1,) + images.shape[-2:])
-  out = np.stack([
-      np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
-      for img in flat])
-  return out.reshape(images.shape[:-2] + (size, size))
+def transform(images: jax.Array, size: int = 28) -> jax.Array:
+  """The training preprocessing, as a pure JAX function.
+
+  Lanczos-3 antialiased resize, then inversion so that ink is the bright
+  foreground. `load_predictor` applies the same function to a user's raw
+  drawings, so what a model sees at test time matches training exactly.
+
+  Args:
+    images: uint8 `[..., H, W]` drawings, 255 = paper, 0 = ink (any H, W).
+    size: output side.
+
+  Returns:
+    uint8 `[..., size, size]`, 255 = ink, 0 = paper.
+  """
+  x = jnp.asarray(images).astype(jnp.float32)
+  if x.shape[-2:] != (size, size):
+    x = jax.image.resize(x, x.shape[:-2] + (size, size), "lanczos3",
+                         antialias=True)
+  return (255 - jnp.clip(jnp.round(x), 0, 255)).astype(jnp.uint8)
 
 
 def preprocess(raw: OmniglotRaw, size: int = 28,
                cache_dir: Optional[str] = None) -> np.ndarray:
-  """Resizes to `size` x `size` (Lanczos) and makes ink the foreground.
+  """`transform` of every drawing: `size` x `size`, ink as the foreground.
 
   Returns:
     uint8 `[characters, 20, size, size]` with 255 = ink, 0 = paper. With
@@ -149,13 +164,14 @@ def preprocess(raw: OmniglotRaw, size: int = 28,
   path = None
   if cache_dir:
     path = os.path.join(cache_dir,
-                        f"omniglot_{size}px_{fingerprint(raw)}.npy")
+                        f"omniglot_{size}px_lanczos3_{fingerprint(raw)}.npy")
     if os.path.exists(path):
       cached = np.load(path, allow_pickle=False)
       if cached.shape == raw.images.shape[:2] + (size, size):
         return cached
-  out = 255 - (raw.images if size == raw.images.shape[-1] else
-               _resize(raw.images, size))
+  resize = jax.jit(functools.partial(transform, size=size))
+  out = np.concatenate([np.asarray(resize(raw.images[i:i + 256]))
+                        for i in range(0, len(raw.images), 256)])
   if path:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + f".{os.getpid()}.tmp.npy"

@@ -3,6 +3,7 @@
 from metajax.models.conv import Conv
 from metajax.models.conv import Conv4
 from metajax.models.conv import conv2d
+from metajax.models.conv import max_pool2x2
 from metajax.models.conv import resolve_conv_impl
 from metajax.models.mlp import MLP
 from metajax.models.norm import TaskBatchNorm

@@ -79,6 +79,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
   return patches @ kernel.reshape(kh * kw * c, o)
 
 
+def max_pool2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling with stride 2, dropping a last odd row/column (VALID).
+
+  Written as a reshape and a max, whose gradient is an elementwise select,
+  rather than `lax.reduce_window`, whose gradient (select-and-scatter) is
+  slow on XLA:CPU. `[N, H, W, C] -> [N, H // 2, W // 2, C]`.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2]
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 class Conv(nn.Module):
   """A 2-D convolution layer with a bias, on `conv2d`."""
   features: int
@@ -102,8 +114,9 @@ class Conv4(nn.Module):
 
   Each block is a 3x3 convolution with `width` filters, `TaskBatchNorm` and
   ReLU, downsampled either by the convolution's stride 2 (`downsample="stride"`,
-  MAML's Omniglot model) or by 2x2 max-pooling (`downsample="max"`,
-  ProtoNets and MAML's mini-ImageNet model). The features are mean-pooled over
+  MAML's Omniglot model; 28 -> 14 -> 7 -> 4 -> 2) or by 2x2 max-pooling
+  (`downsample="max"`, ProtoNets and MAML's mini-ImageNet model; 28 -> 14 ->
+  7 -> 3 -> 1, so the 64 filters are the 64-d embedding). The features are mean-pooled over
   space, then a linear head named "head" maps them to `num_outputs` logits, or
   the pooled features are returned when `num_outputs` is None (embedding
   networks).
@@ -125,7 +138,7 @@ class Conv4(nn.Module):
       x = Conv(self.width, 3, stride, "SAME", self.impl)(x)
       x = nn.relu(TaskBatchNorm()(x))
       if self.downsample == "max":
-        x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+        x = max_pool2x2(x)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_outputs is None:
       return x
