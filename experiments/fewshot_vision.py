@@ -1,4 +1,4 @@
-r"""Few-shot image classification benchmarks (Omniglot).
+r"""Few-shot image classification benchmarks.
 
   python experiments/fewshot_vision.py --algorithm=protonet --workdir=/tmp/pn
 
@@ -22,11 +22,21 @@ _SHARED = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
 
 flags.DEFINE_enum("algorithm", _D.algorithm, fv.ALGORITHMS, "Meta-learner.")
-flags.DEFINE_enum("dataset", _D.dataset, fv.DATASETS, "Dataset.")
+flags.DEFINE_enum("dataset", _D.dataset, fv.DATASETS,
+                  "Dataset: omniglot, mini_imagenet (files under "
+                  "--data_dir/mini_imagenet), cifar_fs or fc100 (tfds "
+                  "cifar100 prepared in --data_dir).")
 flags.DEFINE_enum("split", _D.split, ("vinyals", "lake"),
                   "Omniglot class split.")
 flags.DEFINE_enum("source", _D.source, fv.OMNIGLOT_SOURCES,
-                  "Where the Omniglot drawings come from.")
+                  "Where the Omniglot drawings come from: npz arrays or "
+                  "official zips under --data_dir/omniglot, a prepared tfds "
+                  "dataset in --data_dir, or a download into --cache_dir.")
+flags.DEFINE_enum("backbone", _D.backbone, fv.BACKBONES, "Network.")
+flags.DEFINE_bool("trust_download", _D.trust_download,
+                  "With --source=download: accept the official full zips, "
+                  "whose SHA-256 metajax does not know, recording their hash "
+                  "on first download.")
 flags.DEFINE_integer("ways", _D.ways, "Classes per training episode.")
 flags.DEFINE_integer("shots", _D.shots, "Support examples per class.")
 flags.DEFINE_integer("query", _D.query,

@@ -6,6 +6,7 @@ from metajax import models
 from metajax import tasks
 from metajax.algorithms import MetaLearner
 from metajax.evaluate import evaluate
+from metajax.experiments.fewshot_vision import load_predictor
 from metajax.evaluate import mean_ci
 from metajax.inner import adapt
 from metajax.inner import check_scalar_loss

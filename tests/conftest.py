@@ -30,6 +30,22 @@ def shared_data_dir():
   return os.path.abspath(path)
 
 
+@pytest.fixture(scope="session")
+def omniglot_raw(shared_data_dir):
+  """All 1,623 Omniglot characters from the shared npz arrays."""
+  from metajax.data import omniglot
+  return omniglot.load_npz(os.path.join(shared_data_dir, "omniglot"))
+
+
+@pytest.fixture(scope="session")
+def omniglot_cache(tmp_path_factory, omniglot_raw):
+  """A cache dir already holding the 28x28 preprocessed Omniglot arrays."""
+  from metajax.data import omniglot
+  cache = str(tmp_path_factory.mktemp("omniglot_cache"))
+  omniglot.preprocess(omniglot_raw, 28, cache)
+  return cache
+
+
 @pytest.fixture
 def x64():
   """Runs the test with float64 enabled, restoring the previous setting."""

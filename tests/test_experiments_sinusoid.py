@@ -11,21 +11,25 @@ from metajax.experiments import sinusoid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num_steps=1500", "--log_every=500", "--checkpoint_every=500",
-        "--eval_tasks=600", "--meta_batch_size=10", "--progress=false",
-        "--compilation_cache="]
+        "--eval_tasks=600", "--meta_batch_size=10", "--progress=false"]
 
 
-def _run(workdir, *flags):
+def _run(workdir, *flags, cache=""):
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, "experiments", "sinusoid.py"),
-       f"--workdir={workdir}", *TINY, *flags],
-      capture_output=True, text=True, timeout=600, check=False)
+       f"--workdir={workdir}", f"--compilation_cache={cache}", *TINY,
+       *flags], capture_output=True, text=True, timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def compilation_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, compilation_cache):
   workdir = str(tmp_path_factory.mktemp("sinusoid"))
-  proc = _run(workdir)
+  proc = _run(workdir, cache=compilation_cache)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, proc
 
@@ -60,11 +64,13 @@ def test_maml_adapts_far_better_than_joint_training(finished_run):
     assert maml["mean"] + maml["ci95"] < 0.5 * (joint["mean"] - joint["ci95"])
 
 
-def test_rerun_resumes_and_reproduces_the_results(finished_run, tmp_path):
+def test_rerun_resumes_and_reproduces_the_results(finished_run,
+                                                  compilation_cache):
   workdir, _ = finished_run
   with open(os.path.join(workdir, "results.json")) as f:
     first = json.load(f)
-  proc = _run(workdir)
+  assert os.listdir(compilation_cache)  # the first run filled the cache
+  proc = _run(workdir, cache=compilation_cache)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, "results.json")) as f:
     second = json.load(f)

@@ -13,4 +13,7 @@ from metajax.algorithms.maml import fomaml
 from metajax.algorithms.maml import maml
 from metajax.algorithms.maml import maml_plus_plus
 from metajax.algorithms.maml import meta_sgd
+from metajax.algorithms.matching import matching
 from metajax.algorithms.protonet import protonet
+from metajax.algorithms.relation import relation
+from metajax.algorithms.reptile import reptile

@@ -25,19 +25,33 @@ import numpy as np
 import optax
 
 from metajax import algorithms
+from metajax.data import download
 from metajax.data import episodes
+from metajax.data import mini_imagenet
 from metajax.data import omniglot
+from metajax.data import omniglot_official
+from metajax.data import tfds_source
 from metajax.evaluate import evaluate
 from metajax.evaluate import mean_ci
 from metajax.experiments import common
 from metajax.models import Conv4
+from metajax.models import RelationEmbedding
+from metajax.models import RelationModule
+from metajax.models import ResNet12
 from metajax.train import train
 
-MAML_FAMILY = ("maml", "fomaml", "anil", "meta_sgd", "maml_plus_plus")
-METRIC_BASED = ("protonet",)
-ALGORITHMS = MAML_FAMILY + METRIC_BASED
-DATASETS = ("omniglot",)
-OMNIGLOT_SOURCES = ("npz",)
+# Learners whose model ends in a `ways`-unit classifier adapted by gradient.
+GRADIENT_BASED = ("maml", "fomaml", "anil", "meta_sgd", "maml_plus_plus",
+                  "reptile")
+# Learners that compare embeddings, so any number of ways works at test time.
+METRIC_BASED = ("protonet", "matching", "relation")
+ALGORITHMS = GRADIENT_BASED + METRIC_BASED
+DATASETS = ("omniglot", "mini_imagenet", "cifar_fs", "fc100")
+OMNIGLOT_SOURCES = ("npz", "official", "tfds", "download")
+BACKBONES = ("conv4", "resnet12")
+# Side and channels of the model input of each dataset.
+INPUT_SHAPES = {"omniglot": (28, 1), "mini_imagenet": (84, 3),
+                "cifar_fs": (32, 3), "fc100": (32, 3)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +66,8 @@ class Config:
   dataset: str = "omniglot"
   split: str = "vinyals"
   source: str = "npz"
+  backbone: str = "conv4"
+  trust_download: bool = False
   ways: int = 60
   shots: int = 1
   query: int = 5
@@ -69,7 +85,6 @@ class Config:
   val_episodes: int = 200
   eval_episodes: int = 1000
   width: int = 64
-  image_size: int = 28
   data_dir: str = ""
   cache_dir: str = ""
   seed: int = 0
@@ -80,58 +95,120 @@ class Config:
   def validate(self):
     for name, allowed in (("algorithm", ALGORITHMS), ("dataset", DATASETS),
                           ("split", omniglot.SPLITS),
-                          ("source", OMNIGLOT_SOURCES)):
+                          ("source", OMNIGLOT_SOURCES),
+                          ("backbone", BACKBONES)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got "
                          f"{getattr(self, name)!r}.")
-    if self.algorithm in MAML_FAMILY and set(self.test_ways) != {self.ways}:
+    if (self.algorithm in GRADIENT_BASED and
+        set(self.test_ways) != {self.ways}):
       raise ValueError(
           f"{self.algorithm}'s output layer has ways={self.ways} units, so it "
           f"is tested {self.ways}-way only; got test_ways={self.test_ways}.")
     if self.eval_episodes < 2 or not self.test_ways:
       raise ValueError("need eval_episodes >= 2 and at least one test way.")
-    if not self.data_dir:
-      raise ValueError("data_dir is required (the folder holding omniglot/).")
+    if not self.data_dir and not (self.dataset == "omniglot" and
+                                  self.source in ("tfds", "download")):
+      raise ValueError(
+          f"data_dir is required for {self.dataset} from {self.source} (the "
+          f"folder holding {self.dataset}/).")
+
+
+def _load_omniglot(config: Config) -> Dict[str, episodes.ClassDataset]:
+  root = os.path.join(config.data_dir, "omniglot")
+  split_dir = os.path.join(root, "vinyals_splits")
+  if config.source == "npz":
+    raw = omniglot.load_npz(root)
+  elif config.source == "official":
+    raw = omniglot_official.load_official(root)
+  elif config.source == "tfds":
+    raw = tfds_source.load_omniglot_tfds(config.data_dir or None)
+  else:
+    cache = os.path.join(config.cache_dir or ".", "omniglot_download")
+    files = download.download_omniglot(
+        cache, trust_on_first_use=config.trust_download)
+    raw = omniglot_official.load_official(
+        [files["images_background.zip"], files["images_evaluation.zip"]])
+    split_dir = os.path.dirname(files["vinyals_splits/train.txt"])
+  side = INPUT_SHAPES["omniglot"][0]
+  images = omniglot.preprocess(raw, side, config.cache_dir or None)
+  return omniglot.make_splits(raw, images, config.split, split_dir)
 
 
 def load_splits(config: Config) -> Dict[str, episodes.ClassDataset]:
-  """The dataset's {"train", "val"?, "test"} splits, preprocessed."""
-  root = os.path.join(config.data_dir, "omniglot")
-  raw = omniglot.load_npz(root)
-  images = omniglot.preprocess(raw, config.image_size,
-                               config.cache_dir or None)
-  return omniglot.make_splits(raw, images, config.split,
-                              os.path.join(root, "vinyals_splits"))
+  """The dataset's {"train", "val"?, "test"} splits as model-ready uint8."""
+  if config.dataset == "omniglot":
+    return _load_omniglot(config)
+  if config.dataset == "mini_imagenet":
+    return mini_imagenet.load(os.path.join(config.data_dir, "mini_imagenet"),
+                              cache_dir=config.cache_dir or None)
+  return tfds_source.make_cifar_splits(
+      tfds_source.load_cifar100_tfds(config.data_dir or None), config.dataset)
 
 
 def input_transform(config: Config) -> Callable:
-  """Raw source images -> the uint8 model input of training (pure JAX)."""
-  return lambda x: omniglot.transform(x, config.image_size)[..., None]
+  """Source images -> the uint8 `[n, H, W, C]` model input (pure JAX).
+
+  Omniglot drawings (`[n, 105, 105]`, 255 = paper) get the training
+  preprocessing; the colour datasets are used as their sources give them.
+  """
+  if config.dataset == "omniglot":
+    side = INPUT_SHAPES["omniglot"][0]
+    return lambda x: omniglot.transform(x, side)[..., None]
+  return jnp.asarray
 
 
-def _model(config: Config, ways: int):
-  """(init_fn, apply_fn) on uint8 `[n, H, W, C]` images."""
-  if config.algorithm in MAML_FAMILY:
-    net = Conv4(num_outputs=ways, width=config.width, downsample="stride")
-  else:
-    net = Conv4(num_outputs=None, width=config.width, downsample="max")
-  shape = (1, config.image_size, config.image_size, 1)
-  init_fn = lambda key: net.init(key, jnp.zeros(shape, jnp.float32))
+def _network(config: Config, num_outputs: Optional[int]):
+  """The backbone: a classifier with a `num_outputs` head, or an embedding."""
+  if config.backbone == "resnet12":
+    return ResNet12(num_outputs=num_outputs)
+  # MAML's Omniglot network downsamples by stride; its mini-ImageNet network
+  # and the metric learners' embeddings by max-pooling.
+  stride = config.dataset == "omniglot" and config.algorithm in GRADIENT_BASED
+  return Conv4(num_outputs=num_outputs, width=config.width,
+               downsample="stride" if stride else "max")
+
+
+def _model(config: Config, net):
+  """(init_fn, apply_fn, output) of `net` on uint8 `[n, H, W, C]` images.
+
+  `output` is the shape and dtype of `net`'s output for one image.
+  """
+  side, channels = INPUT_SHAPES[config.dataset]
+  example = jnp.zeros((1, side, side, channels), jnp.float32)
+  init_fn = lambda key: net.init(key, example)
   apply_fn = lambda params, x: net.apply(params, x.astype(jnp.float32) / 255.0)
-  return init_fn, apply_fn
+  output = jax.eval_shape(lambda: net.apply(init_fn(jax.random.PRNGKey(0)),
+                                            example))
+  return init_fn, apply_fn, output
 
 
 def make_learner(config: Config, ways: int,
                  test: bool = False) -> algorithms.MetaLearner:
   """The configured learner for `ways`-way episodes (test: test_inner_steps)."""
-  init_fn, apply_fn = _model(config, ways)
-  if config.algorithm in METRIC_BASED:
-    return algorithms.protonet(init_fn, apply_fn, ways=ways)
-  steps = (config.test_inner_steps or config.inner_steps) if test else (
-      config.inner_steps)
-  build = getattr(algorithms, config.algorithm)
-  return build(init_fn, apply_fn, algorithms.cross_entropy, steps=steps,
-               lr=config.inner_lr, metrics=algorithms.classification_metrics)
+  if config.algorithm in GRADIENT_BASED:
+    init_fn, apply_fn, _ = _model(config, _network(config, ways))
+    steps = config.inner_steps
+    if test and config.test_inner_steps:
+      steps = config.test_inner_steps
+    if config.algorithm == "reptile":
+      return algorithms.reptile(
+          init_fn, apply_fn, algorithms.cross_entropy, steps=config.inner_steps,
+          lr=config.inner_lr, test_steps=steps,
+          metrics=algorithms.classification_metrics)
+    build = getattr(algorithms, config.algorithm)
+    return build(init_fn, apply_fn, algorithms.cross_entropy, steps=steps,
+                 lr=config.inner_lr, metrics=algorithms.classification_metrics)
+  if config.algorithm == "relation":
+    embed = RelationEmbedding(width=config.width)
+    init_fn, apply_fn, maps = _model(config, embed)
+    module = RelationModule(width=config.width)
+    pairs = jnp.zeros(maps.shape[:-1] + (2 * maps.shape[-1],), maps.dtype)
+    return algorithms.relation(
+        init_fn, apply_fn, lambda key: module.init(key, pairs), module.apply,
+        ways=ways)
+  init_fn, apply_fn, _ = _model(config, _network(config, None))
+  return getattr(algorithms, config.algorithm)(init_fn, apply_fn, ways=ways)
 
 
 def _optimizer(config: Config) -> optax.GradientTransformation:
@@ -247,3 +324,67 @@ def format_results(results: Dict) -> str:
         f"  {t['ways']}-way {t['shots']}-shot: {100 * t['accuracy']:.2f}% ± "
         f"{100 * t['ci95']:.2f}% ({t['episodes']} test episodes)")
   return "\n".join(lines)
+
+
+def read_config(workdir: str) -> Config:
+  """The `Config` a run saved in `workdir/config.json`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} not found: {workdir} is not a fewshot_vision workdir.")
+  with open(path) as f:
+    values = json.load(f)
+  fields = {f.name for f in dataclasses.fields(Config)}
+  unknown = sorted(set(values) - fields)
+  if unknown:
+    raise ValueError(f"{path}: unknown fields {unknown}.")
+  values["test_ways"] = tuple(values.get("test_ways", ()))
+  return Config(**values)
+
+
+def load_predictor(workdir: str) -> Callable:
+  """A trained few-shot classifier as a pure function of raw images.
+
+  Args:
+    workdir: the `--workdir` of a finished (or checkpointed) run.
+
+  Returns:
+    `predict(support_x, support_y, query_x, ways=None) -> logits`:
+      support_x: uint8 `[n_support, H, W]` images exactly as the data source
+        gives them (Omniglot: 105x105, 255 = paper); the training
+        preprocessing is applied inside.
+      support_y: int `[n_support]` labels in [0, ways).
+      query_x: uint8 `[n_query, H, W]`.
+      ways: number of classes; by default `max(support_y) + 1`, which needs
+        concrete labels (pass it explicitly under `jax.jit`).
+      Returns float32 `[n_query, ways]` logits (argmax = predicted label).
+    Metric-based learners accept any `ways`; gradient-based ones (MAML family,
+    Reptile) only the ways their classifier was trained with.
+  """
+  from metajax.train import init_state  # pylint: disable=g-import-not-at-top
+  from metajax.train import restore_state  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  config = read_config(workdir)
+  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  with ocp.CheckpointManager(ckpt_dir) as manager:
+    if manager.latest_step() is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt_dir}.")
+    like = init_state(make_learner(config, config.ways), _optimizer(config),
+                      jax.random.PRNGKey(0))
+    meta_params = restore_state(manager, like).meta_params
+  transform = input_transform(config)
+
+  def predict(support_x, support_y, query_x, ways: Optional[int] = None):
+    if ways is None:
+      ways = int(np.max(np.asarray(support_y))) + 1
+    if config.algorithm in GRADIENT_BASED and ways != config.ways:
+      raise ValueError(
+          f"this {config.algorithm} model was trained {config.ways}-way and "
+          f"predicts {config.ways} classes; got a {ways}-way episode.")
+    learner = make_learner(config, ways, test=True)
+    support = (transform(support_x), jnp.asarray(support_y, jnp.int32))
+    state = learner.adapt(meta_params, support)
+    return learner.predict(meta_params, state, transform(query_x))
+
+  return predict

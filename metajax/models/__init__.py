@@ -7,3 +7,7 @@ from metajax.models.conv import max_pool2x2
 from metajax.models.conv import resolve_conv_impl
 from metajax.models.mlp import MLP
 from metajax.models.norm import TaskBatchNorm
+from metajax.models.relation import RelationEmbedding
+from metajax.models.relation import RelationModule
+from metajax.models.resnet import ResNet12
+from metajax.models.resnet import ResidualBlock

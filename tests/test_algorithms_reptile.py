@@ -1,0 +1,126 @@
+"""Reptile: the pseudo-gradient, how it relates to joint training, training."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metajax
+from metajax import algorithms
+from metajax.algorithms.reptile import reptile
+from conftest import tiny_mlp, tiny_mlp_params, tiny_tasks
+from fewshot import conv4, meta_train, tiny_episodes
+
+mse = algorithms.mse
+loss_fn = algorithms.supervised_loss(tiny_mlp, mse)
+
+
+def _learner(**kw):
+  return reptile(tiny_mlp_params, tiny_mlp, mse, **kw)
+
+
+def _per_task(tasks):
+  n = metajax.num_tasks(tasks)
+  return [jax.tree.map(lambda a: a[i], tasks) for i in range(n)]
+
+
+def test_pseudo_gradient_is_params_minus_the_mean_adapted_params():
+  learner = _learner(steps=3, lr=0.1, test_steps=2,
+                     metrics=lambda p, y: {"query_mse": mse(p, y)})
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  params = meta_params["params"]
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 4)
+  grads, metrics = jax.jit(learner.meta_grad)(meta_params, tasks,
+                                              jax.random.PRNGKey(2))
+  # The inner loop trains on each task's pooled support and query data.
+  data = [metajax.merge_sets(t) for t in _per_task(tasks)]
+  adapt = jax.jit(lambda d, steps: metajax.adapt(loss_fn, params, d,
+                                                 steps=steps, lr=0.1),
+                  static_argnums=1)
+  adapted = [adapt(d, 3) for d in data]
+  expected = jax.tree.map(lambda p, *a: p - sum(a) / 4, params, *adapted)
+  chex.assert_trees_all_close(grads["params"], expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      metrics["loss"], np.mean([loss_fn(params, d) for d in data]), rtol=1e-6)
+  np.testing.assert_allclose(
+      metrics["adapted_loss"],
+      np.mean([loss_fn(a, d) for a, d in zip(adapted, data)]), rtol=1e-6)
+  assert float(metrics["adapted_loss"]) < float(metrics["loss"])
+  # `metrics` scores the query set after test-time adaptation on the support.
+  np.testing.assert_allclose(metrics["query_mse"], np.mean([
+      loss_fn(adapt(t.support, 2), t.query) for t in _per_task(tasks)]),
+                             rtol=1e-5)
+
+
+def test_one_inner_step_is_lr_times_the_joint_training_gradient(x64):
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 3, jnp.float64)
+  init = lambda k: tiny_mlp_params(k, jnp.float64)
+  meta_params = reptile(init, tiny_mlp, mse).init(jax.random.PRNGKey(0))
+  one_step = reptile(init, tiny_mlp, mse, steps=1, lr=0.1)
+  joint = algorithms.joint(init, tiny_mlp, mse)
+  grads, _ = jax.jit(one_step.meta_grad)(meta_params, tasks, None)
+  joint_grads, _ = jax.jit(joint.meta_grad)(meta_params, tasks, None)
+  chex.assert_trees_all_close(grads, jax.tree.map(lambda g: 0.1 * g,
+                                                  joint_grads),
+                              rtol=1e-10, atol=1e-12)
+
+
+def test_two_inner_steps_add_the_hessian_gradient_term(x64):
+  """theta - phi_2 = 2 lr g - lr^2 H g + O(lr^3), averaged over tasks.
+
+  `H g` is half the gradient of `||g||^2`: the term by which two steps of
+  Reptile differ from joint training (Nichol et al., 2018, section 5).
+  """
+  lr = 1e-3
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 3, jnp.float64)
+  learner = reptile(lambda k: tiny_mlp_params(k, jnp.float64), tiny_mlp, mse,
+                    steps=2, lr=lr)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  grads, _ = jax.jit(learner.meta_grad)(meta_params, tasks, None)
+  first, second = [], []
+  for task in _per_task(tasks):
+    grad_fn = jax.grad(lambda p, t=task: loss_fn(p, metajax.merge_sets(t)))
+    g, hg = jax.jvp(grad_fn, (meta_params["params"],),
+                    (grad_fn(meta_params["params"]),))
+    first.append(jax.tree.map(lambda x: 2 * lr * x, g))
+    second.append(jax.tree.map(lambda x: -lr ** 2 * x, hg))
+  mean = lambda trees: jax.tree.map(lambda *x: sum(x) / len(x), *trees)
+  first, second = mean(first), mean(second)
+  size = lambda tree: max(float(jnp.abs(x).max())
+                          for x in jax.tree.leaves(tree))
+  residual = jax.tree.map(lambda r, a, b: r - a - b, grads["params"], first,
+                          second)
+  # The lr^2 term matters, and what is left after it is O(lr^3).
+  assert size(jax.tree.map(jnp.subtract, grads["params"], first)) > (
+      0.5 * size(second))
+  assert size(residual) < 1e-2 * size(second)
+
+
+def test_adapt_fine_tunes_on_the_support_set_for_test_steps():
+  learner = _learner(steps=1, lr=0.1, test_steps=4)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  task = _per_task(tiny_tasks(jax.random.PRNGKey(1), 1))[0]
+  adapted = learner.adapt(meta_params, task.support)
+  chex.assert_trees_all_close(
+      adapted, metajax.adapt(loss_fn, meta_params["params"], task.support,
+                             steps=4, lr=0.1))
+  x = task.query[0]
+  np.testing.assert_array_equal(learner.predict(meta_params, adapted, x),
+                                tiny_mlp(adapted, x))
+
+
+def test_meta_training_lowers_the_loss_of_a_conv4_classifier():
+  init_fn, apply_fn = conv4(num_outputs=3)
+  learner = reptile(init_fn, apply_fn, algorithms.cross_entropy, steps=3,
+                    lr=0.1)
+  metrics, _, _ = meta_train(learner, tiny_episodes(), optax.sgd(1.0), 6)
+  assert metrics["loss"][-1] < 0.5 * metrics["loss"][0], metrics
+
+
+def test_bad_step_counts_are_rejected():
+  with pytest.raises(ValueError, match="steps must be >= 0"):
+    _learner(steps=-1)
+  with pytest.raises(TypeError, match="steps must be a Python int"):
+    _learner(test_steps=2.5)

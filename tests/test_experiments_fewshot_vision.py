@@ -1,0 +1,181 @@
+"""The few-shot vision experiment: files, exact resume after a kill, reuse."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import metajax
+from metajax.data import omniglot
+from metajax.data import omniglot_official
+from metajax.experiments import fewshot_vision as fv
+from metajax.train import restore_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(data_dir, cache_dir, **kw):
+  base = dict(algorithm="protonet", ways=5, shots=1, query=2,
+              test_ways=(5, 20), test_query=3, width=8, num_steps=20,
+              log_every=5, eval_every=10, val_episodes=10, eval_episodes=20,
+              checkpoint_every=10, data_dir=data_dir, cache_dir=cache_dir,
+              progress=False)
+  base.update(kw)
+  return fv.Config(**base)
+
+
+@pytest.fixture(scope="module")
+def protonet_run(tmp_path_factory, shared_data_dir, omniglot_cache):
+  workdir = str(tmp_path_factory.mktemp("protonet"))
+  results = fv.train_and_evaluate(
+      _config(shared_data_dir, omniglot_cache), workdir)
+  return workdir, results
+
+
+def test_run_writes_results_curves_logs_and_checkpoints(protonet_run):
+  workdir, results = protonet_run
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(results))
+  assert results["steps"] == 20
+  assert [(t["ways"], t["shots"], t["episodes"]) for t in results["test"]] == [
+      (5, 1, 20), (20, 1, 20)]
+  for t in results["test"]:
+    assert 0.0 <= t["accuracy"] <= 1.0 and t["ci95"] > 0
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  assert [r["step"] for r in rows] == [5, 10, 15, 20]
+  assert "val_accuracy" in rows[1] and "accuracy" in rows[0]
+  with open(os.path.join(workdir, "curves.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "20"))
+  assert "20-way 1-shot" in fv.format_results(results)
+
+
+def test_predictor_takes_raw_drawings_of_a_custom_episode(protonet_run,
+                                                          shared_data_dir):
+  """A 20-way 1-shot episode built from the official PNG zip."""
+  workdir, _ = protonet_run
+  raw = omniglot_official.load_official(
+      os.path.join(shared_data_dir, "omniglot",
+                   "images_background_small1.zip"))
+  support_x = raw.images[:20, 0]              # uint8 [20, 105, 105], 255 paper
+  query_x = raw.images[:20, 1:4].reshape(60, 105, 105)
+  support_y = np.arange(20)
+  predict = metajax.load_predictor(workdir)
+  logits = predict(support_x, support_y, query_x)
+  assert logits.shape == (60, 20)
+  # The same numbers through the training path on preprocessed arrays.
+  config = fv.read_config(workdir)
+  learner = fv.make_learner(config, 20, test=True)
+  like = metajax.init_state(fv.make_learner(config, 5), fv._optimizer(config),
+                            jax.random.PRNGKey(0))
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as m:
+    meta_params = restore_state(m, like).meta_params
+  prep = lambda x: omniglot.transform(x)[..., None]
+  state = learner.adapt(meta_params, (prep(support_x), jnp.asarray(support_y)))
+  np.testing.assert_allclose(
+      logits, learner.predict(meta_params, state, prep(query_x)), rtol=1e-5,
+      atol=1e-4)
+  # A query identical to a support image sits on its prototype.
+  own = predict(support_x, support_y, support_x[::-1])
+  np.testing.assert_array_equal(np.argmax(own, -1), support_y[::-1])
+  jitted = jax.jit(predict, static_argnames="ways")
+  np.testing.assert_allclose(jitted(support_x, support_y, query_x, ways=20),
+                             logits, rtol=1e-5, atol=1e-4)
+
+
+def _flags(workdir, data_dir, cache_dir, num_steps):
+  return [sys.executable, os.path.join(ROOT, "experiments",
+                                       "fewshot_vision.py"),
+          f"--workdir={workdir}", f"--data_dir={data_dir}",
+          f"--cache_dir={cache_dir}", "--compilation_cache=",
+          "--algorithm=protonet", "--ways=5", "--query=2", "--width=8",
+          "--test_ways=5", "--test_query=2", f"--num_steps={num_steps}",
+          "--log_every=10", "--checkpoint_every=50", "--eval_every=1000",
+          "--val_episodes=0", "--eval_episodes=10", "--progress=false"]
+
+
+def _restore_params(workdir, config):
+  like = metajax.init_state(fv.make_learner(config, config.ways),
+                            fv._optimizer(config), jax.random.PRNGKey(0))
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as m:
+    return restore_state(m, like)
+
+
+def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(
+    tmp_path, shared_data_dir, omniglot_cache):
+  steps = 600
+  killed = str(tmp_path / "killed")
+  flags = _flags(killed, shared_data_dir, omniglot_cache, steps)
+  proc = subprocess.Popen(flags, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  log = os.path.join(killed, "metrics.jsonl")
+  deadline = time.time() + 300
+  last = 0
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(log):
+      with open(log) as f:
+        lines = f.readlines()
+      last = json.loads(lines[-1])["step"] if lines else 0
+      if last >= 100:
+        break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert 100 <= last < steps
+  resumed = subprocess.run(flags, capture_output=True, text=True,
+                           timeout=600, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  # The uninterrupted run, in this process, with the same configuration.
+  config = fv.read_config(killed)
+  full = str(tmp_path / "full")
+  fv.train_and_evaluate(config, full)
+  a, b = _restore_params(killed, config), _restore_params(full, config)
+  assert int(a.step) == int(b.step) == steps
+  chex.assert_trees_all_equal(a.meta_params, b.meta_params)
+  chex.assert_trees_all_equal(a.opt_state, b.opt_state)
+  with open(os.path.join(killed, "results.json")) as f1, open(
+      os.path.join(full, "results.json")) as f2:
+    assert json.load(f1)["test"] == json.load(f2)["test"]
+
+
+def test_bad_configurations_are_named(shared_data_dir, omniglot_cache,
+                                      tmp_path):
+  with pytest.raises(ValueError, match=r"tested 5-way only; got "
+                     r"test_ways=\(20,\)"):
+    fv.train_and_evaluate(_config(shared_data_dir, omniglot_cache,
+                                  algorithm="maml", test_ways=(20,)),
+                          str(tmp_path))
+  with pytest.raises(ValueError, match=r"of the train split has 20 examples, "
+                     r"fewer than shots \+ query = 21"):
+    fv.train_and_evaluate(_config(shared_data_dir, omniglot_cache, shots=1,
+                                  query=20), str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="omniglot_background_105.npz"):
+    fv.train_and_evaluate(_config(str(tmp_path), omniglot_cache),
+                          str(tmp_path / "w"))
+  with pytest.raises(FileNotFoundError, match="not a fewshot_vision workdir"):
+    metajax.load_predictor(str(tmp_path / "nothing"))
+
+
+def test_docs_example_runs_on_a_trained_workdir(protonet_run,
+                                                shared_data_dir):
+  workdir, _ = protonet_run
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "docs", "examples",
+                                    "custom_episode.py"),
+       f"--workdir={workdir}",
+       f"--images={shared_data_dir}/omniglot/images_background_small1.zip"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "20-way 1-shot episode from Balinese/character01" in proc.stdout
+  assert "accuracy" in proc.stdout and "on 60 query drawings" in proc.stdout
