@@ -136,6 +136,7 @@ class _MetricsLog:
 
   def __init__(self, path: Optional[str], resume_step: int):
     self.path = path
+    self.train_s = 0.0  # training seconds logged before this call
     if path and os.path.exists(path):
       # Lines past the checkpoint we resume from describe steps that will be
       # re-run; keep the log equal to what an uninterrupted run writes.
@@ -143,6 +144,8 @@ class _MetricsLog:
         kept = [l for l in f if json.loads(l)["step"] <= resume_step]
       with open(path, "w") as f:
         f.writelines(kept)
+      if kept:
+        self.train_s = json.loads(kept[-1]).get("train_s", 0.0)
 
   def write(self, record: Dict[str, Any]):
     if self.path:
@@ -231,7 +234,9 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       nonfinite = metrics.pop("nonfinite")[ran]
       step = int(state.step)
       take = step - previous
-      record = {"step": step, "tasks_per_s": take * n_tasks / seconds}
+      log.train_s += seconds
+      record = {"step": step, "tasks_per_s": take * n_tasks / seconds,
+                "train_s": log.train_s}
       if compile_s is not None:
         record["compile_s"], compile_s = compile_s, None
       finite = ran.copy()
@@ -250,7 +255,7 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       log.write(record)
       bar.update(take)
       bar.set_postfix({k: f"{record[k]:.4g}" for k in record
-                       if k not in ("step", "grad_norm")})
+                       if k not in ("step", "grad_norm", "train_s")})
       halted = fail_on_nonfinite and int(state.nonfinite_step) >= 0
       if manager and (since_ckpt >= checkpoint_every or step >= num_steps
                       or halted) and manager.latest_step() != step:

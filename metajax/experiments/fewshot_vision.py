@@ -275,14 +275,16 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
                      num_tasks=config.val_episodes)
       return {"val_accuracy": float(np.mean(acc))}
 
-  t0 = time.perf_counter()
   state = train(
       make_learner(config, config.ways), _optimizer(config), sampler,
       key=train_key, num_steps=config.num_steps, workdir=workdir,
       log_every=config.log_every, checkpoint_every=config.checkpoint_every,
       eval_fn=eval_fn, eval_every=config.eval_every,
       progress=config.progress, desc=config.algorithm)
-  train_time = time.perf_counter() - t0
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    lines = f.readlines()
+  # Seconds spent in training steps, summed over every resumed session.
+  train_time = json.loads(lines[-1]).get("train_s", 0.0) if lines else 0.0
 
   tests = []
   for ways in config.test_ways:
