@@ -12,7 +12,6 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from metajax.experiments import common
 from metajax.experiments import fewshot_vision as fv
@@ -86,13 +85,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  common.enable_compilation_cache(FLAGS.compilation_cache)
-  names = [f.name for f in fv.dataclasses.fields(fv.Config)]
-  values = {n: getattr(FLAGS, n) for n in names if n in FLAGS}
-  values["test_ways"] = tuple(int(w) for w in FLAGS.test_ways)
-  results = fv.train_and_evaluate(fv.Config(**values), FLAGS.workdir)
+  common.start(FLAGS, FLAGS.compilation_cache)
+  config = common.config_from_flags(
+      fv.Config, FLAGS, test_ways=tuple(int(w) for w in FLAGS.test_ways))
+  results = fv.train_and_evaluate(config, FLAGS.workdir)
   print(fv.format_results(results))
   print(f"wrote {FLAGS.workdir}/results.json and {FLAGS.workdir}/curves.png")
 

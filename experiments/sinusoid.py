@@ -10,7 +10,6 @@ resumes from the checkpoints.
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from metajax.experiments import common
 from metajax.experiments import sinusoid
@@ -55,20 +54,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    # Orbax logs every checkpoint at INFO; keep the terminal for the bar.
-    logging.set_verbosity(logging.WARNING)
-  common.enable_compilation_cache(FLAGS.compilation_cache)
-  config = sinusoid.Config(
-      algorithm=FLAGS.algorithm, num_support=FLAGS.num_support,
-      num_query=FLAGS.num_query, inner_steps=FLAGS.inner_steps,
-      inner_lr=FLAGS.inner_lr, outer_lr=FLAGS.outer_lr,
-      meta_batch_size=FLAGS.meta_batch_size, num_steps=FLAGS.num_steps,
-      hidden=tuple(int(h) for h in FLAGS.hidden),
-      eval_tasks=FLAGS.eval_tasks, eval_query=FLAGS.eval_query,
-      eval_steps=tuple(int(s) for s in FLAGS.eval_steps), seed=FLAGS.seed,
-      log_every=FLAGS.log_every, checkpoint_every=FLAGS.checkpoint_every,
-      progress=FLAGS.progress)
+  common.start(FLAGS, FLAGS.compilation_cache)
+  config = common.config_from_flags(
+      sinusoid.Config, FLAGS, hidden=tuple(int(h) for h in FLAGS.hidden),
+      eval_steps=tuple(int(k) for k in FLAGS.eval_steps))
   results = sinusoid.train_and_evaluate(config, FLAGS.workdir)
   print(sinusoid.format_table(results))
   print(f"wrote {FLAGS.workdir}/results.json and {FLAGS.workdir}/sinusoid.png")

@@ -8,7 +8,9 @@ parameters as an uninterrupted run.
 
 `log_every` meta-steps run inside one compiled `lax.scan` call, which keeps
 Python out of the inner loop of small models; metrics are averaged over those
-steps, appended to `metrics.jsonl`, and shown on a progress bar. Orbax
+steps, appended to `metrics.jsonl` (and to TensorBoard event files in
+`tensorboard/` when the tensorboard package is installed), and shown on a
+progress bar. Orbax
 checkpoints are written every `checkpoint_every` steps and at the end, and a
 run restarted with the same `workdir` resumes from the latest one.
 """
@@ -153,6 +155,42 @@ class _MetricsLog:
         f.write(json.dumps(record) + "\n")
 
 
+class _TensorBoardLog:
+  """Scalars as TensorBoard event files in `logdir`, if tensorboard imports.
+
+  Uses tensorboard's own event writer, which needs no TensorFlow. Without the
+  package nothing is written: metrics.jsonl holds the same numbers.
+  """
+
+  def __init__(self, logdir: Optional[str]):
+    self.writer = None
+    if not logdir:
+      return
+    try:
+      # pylint: disable=g-import-not-at-top
+      from tensorboard.compat.proto import event_pb2
+      from tensorboard.compat.proto import summary_pb2
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+      return
+    self.event_pb2, self.summary_pb2 = event_pb2, summary_pb2
+    self.writer = EventFileWriter(logdir)
+
+  def write(self, record: Dict[str, Any]):
+    if self.writer is None:
+      return
+    values = [self.summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+              for k, v in record.items() if k != "step"]
+    self.writer.add_event(self.event_pb2.Event(
+        wall_time=time.time(), step=int(record["step"]),
+        summary=self.summary_pb2.Summary(value=values)))
+    self.writer.flush()
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+
+
 def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
           sample_tasks: TaskSampler, *, key: jax.Array, num_steps: int,
           workdir: Optional[str] = None, log_every: int = 100,
@@ -210,6 +248,8 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
   start = int(state.step)
   log = _MetricsLog(os.path.join(workdir, "metrics.jsonl") if workdir
                     else None, start)
+  board = _TensorBoardLog(os.path.join(workdir, "tensorboard") if workdir
+                          else None)
   t0 = time.perf_counter()
   stop_at = jnp.int32(num_steps)
   step_fn = make_train_step(
@@ -253,6 +293,7 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
         record.update(eval_fn(state.meta_params))
         since_eval = 0
       log.write(record)
+      board.write(record)
       bar.update(take)
       bar.set_postfix({k: f"{record[k]:.4g}" for k in record
                        if k not in ("step", "grad_norm", "train_s")})
@@ -271,6 +312,7 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
             " skip such steps.")
   finally:
     bar.close()
+    board.close()
     if manager:
       manager.wait_until_finished()
       manager.close()

@@ -129,3 +129,15 @@ def test_bad_arguments_are_rejected():
   with pytest.raises(ValueError, match="support has 4 tasks but query has 3"):
     metajax.train(_learner(), optax.adam(1e-3), bad_sampler,
                   key=jax.random.PRNGKey(0), num_steps=1, progress=False)
+
+
+def test_tensorboard_events_hold_the_logged_metrics(tmp_path):
+  accumulator = pytest.importorskip(
+      "tensorboard.backend.event_processing.event_accumulator")
+  _train(str(tmp_path), 10)
+  events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  loss = events.Scalars("loss")
+  assert [e.step for e in loss] == [5, 10]
+  assert [pytest.approx(e.value) for e in loss] == [
+      r["loss"] for r in _log(str(tmp_path))]

@@ -8,6 +8,7 @@ device, so no episode is built on the host and nothing is copied per step.
 """
 
 import functools
+import os
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -37,6 +38,14 @@ class ClassDataset(NamedTuple):
   @property
   def image_shape(self) -> Tuple[int, int, int]:
     return tuple(int(d) for d in self.images.shape[2:])
+
+
+def save_npy_atomic(path: str, array: np.ndarray) -> None:
+  """Writes a .npy cache file so that a crash never leaves a partial one."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + f".{os.getpid()}.tmp.npy"
+  np.save(tmp, array)
+  os.replace(tmp, path)
 
 
 def make_dataset(images: np.ndarray, class_names: Sequence[str],

@@ -490,10 +490,7 @@ def _decode_split(split: str, classes: Dict[str, List[str]], size: int,
                       for i, paths in enumerate(classes.values())
                       for j, path in enumerate(paths)])
   if cache:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = cache + f".{os.getpid()}.tmp.npy"
-    np.save(tmp, out)
-    os.replace(tmp, cache)
+    episodes.save_npy_atomic(cache, out)
   return out
 
 

@@ -173,10 +173,7 @@ def preprocess(raw: OmniglotRaw, size: int = 28,
   out = np.concatenate([np.asarray(resize(raw.images[i:i + 256]))
                         for i in range(0, len(raw.images), 256)])
   if path:
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + f".{os.getpid()}.tmp.npy"
-    np.save(tmp, out)
-    os.replace(tmp, path)
+    episodes.save_npy_atomic(path, out)
   return out
 
 

@@ -1,11 +1,13 @@
 """What every experiment does around its training: cache, versions, files."""
 
+import dataclasses
 import json
 import os
 import platform
 import sys
 from typing import Any, Dict
 
+from absl import logging
 import jax
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "metajax",
@@ -46,3 +48,23 @@ def write_json(path: str, obj: Any) -> None:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")
   os.replace(tmp, path)
+
+
+def start(flag_values, compilation_cache: str) -> None:
+  """What an experiment's `main` does first: quiet logs, compilation cache."""
+  if not flag_values["verbosity"].present:
+    # Orbax logs every checkpoint at INFO; keep the terminal for the bar.
+    logging.set_verbosity(logging.WARNING)
+  enable_compilation_cache(compilation_cache)
+
+
+def config_from_flags(config_class, flag_values, **overrides):
+  """A dataclass config whose fields take the values of same-named flags.
+
+  List flags arrive as lists of strings; `overrides` supplies the converted
+  values of such fields (e.g. `test_ways=(5, 20)`).
+  """
+  values = {f.name: flag_values[f.name].value
+            for f in dataclasses.fields(config_class) if f.name in flag_values}
+  values.update(overrides)
+  return config_class(**values)

@@ -219,7 +219,8 @@ def _optimizer(config: Config) -> optax.GradientTransformation:
   return optax.adam(config.outer_lr)
 
 
-def _plot_curves(path: str, metrics_path: str, title: str) -> None:
+def _plot_curves(path: str, metrics_path: str, title: str,
+                 config: Config) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -233,10 +234,13 @@ def _plot_curves(path: str, metrics_path: str, title: str) -> None:
   ax_loss.set_yscale("log")
   ax_loss.set_xlabel("meta-step")
   ax_loss.set_ylabel("training query loss")
-  ax_acc.plot(*series("accuracy"), label="training episodes")
+  ax_acc.plot(*series("accuracy"),
+              label=f"training episodes ({config.ways}-way)")
   steps, val = series("val_accuracy")
   if steps:
-    ax_acc.plot(steps, val, marker="o", label="validation episodes")
+    ax_acc.plot(steps, val, marker="o", label=(
+        f"validation episodes ({config.test_ways[0]}-way, "
+        f"{config.test_shots or config.shots}-shot)"))
   ax_acc.set_xlabel("meta-step")
   ax_acc.set_ylabel("query accuracy")
   ax_acc.legend()
@@ -302,7 +306,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
   title = (f"{config.algorithm} on {config.dataset} ({config.split} split), "
            f"{config.ways}-way {config.shots}-shot training")
   _plot_curves(os.path.join(workdir, "curves.png"),
-               os.path.join(workdir, "metrics.jsonl"), title)
+               os.path.join(workdir, "metrics.jsonl"), title, config)
   results = {
       "algorithm": config.algorithm, "dataset": config.dataset,
       "split": config.split, "ways": config.ways, "shots": config.shots,
