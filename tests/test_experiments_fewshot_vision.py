@@ -46,6 +46,7 @@ def test_run_writes_results_curves_logs_and_checkpoints(protonet_run):
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f) == json.loads(json.dumps(results))
   assert results["steps"] == 20
+  assert 0 < results["train_time_s"] < results["wall_time_s"]
   assert [(t["ways"], t["shots"], t["episodes"]) for t in results["test"]] == [
       (5, 1, 20), (20, 1, 20)]
   for t in results["test"]:

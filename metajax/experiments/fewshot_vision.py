@@ -250,6 +250,22 @@ def _plot_curves(path: str, metrics_path: str, title: str,
   plt.close(fig)
 
 
+def _training_seconds(metrics_path: str, tasks_per_step: int) -> float:
+  """Seconds spent in training steps, over every session that ran the run.
+
+  Each log line covers the steps since the previous one at its measured
+  throughput, so the sum survives interruptions and resumes.
+  """
+  total, previous = 0.0, 0
+  with open(metrics_path) as f:
+    for line in f:
+      row = json.loads(line)
+      if row.get("tasks_per_s"):
+        total += (row["step"] - previous) * tasks_per_step / row["tasks_per_s"]
+      previous = row["step"]
+  return total
+
+
 def train_and_evaluate(config: Config, workdir: str) -> Dict:
   """Trains (resuming from `workdir`), tests, and writes the run's files."""
   config.validate()
@@ -285,10 +301,8 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
       log_every=config.log_every, checkpoint_every=config.checkpoint_every,
       eval_fn=eval_fn, eval_every=config.eval_every,
       progress=config.progress, desc=config.algorithm)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    lines = f.readlines()
-  # Seconds spent in training steps, summed over every resumed session.
-  train_time = json.loads(lines[-1]).get("train_s", 0.0) if lines else 0.0
+  train_time = _training_seconds(os.path.join(workdir, "metrics.jsonl"),
+                                 config.meta_batch_size)
 
   tests = []
   for ways in config.test_ways:
