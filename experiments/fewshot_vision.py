@@ -69,15 +69,7 @@ flags.DEFINE_string("data_dir", _SHARED if os.path.isdir(_SHARED) else "",
 flags.DEFINE_string("cache_dir", os.path.join(
     os.path.expanduser("~"), ".cache", "metajax", "data"),
                     "Cache of preprocessed arrays ('' disables it).")
-flags.DEFINE_string("compilation_cache", common.DEFAULT_CACHE_DIR,
-                    "Persistent XLA compilation cache ('' disables it).")
-flags.DEFINE_integer("seed", _D.seed, "Seed of the whole run.")
-flags.DEFINE_integer("log_every", _D.log_every,
-                     "Meta-steps per compiled call and per log line.")
-flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every,
-                     "Meta-steps between checkpoints.")
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.DEFINE_string("workdir", "workdirs/fewshot_vision", "Output directory.")
+common.define_run_flags(_D, "workdirs/fewshot_vision")
 
 FLAGS = flags.FLAGS
 

@@ -37,16 +37,7 @@ flags.DEFINE_integer("eval_query", _D.eval_query,
                      "Query points per test task.")
 flags.DEFINE_list("eval_steps", [str(s) for s in _D.eval_steps],
                   "Adaptation steps at which the test MSE is reported.")
-flags.DEFINE_integer("seed", _D.seed, "Seed of the whole run.")
-flags.DEFINE_integer("log_every", _D.log_every,
-                     "Meta-steps per compiled call and per log line.")
-flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every,
-                     "Meta-steps between checkpoints.")
-flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.DEFINE_string("compilation_cache", common.DEFAULT_CACHE_DIR,
-                    "Persistent XLA compilation cache ('' disables it).")
-flags.DEFINE_string("workdir", "workdirs/sinusoid",
-                    "Output directory (results, plot, checkpoints).")
+common.define_run_flags(_D, "workdirs/sinusoid")
 
 FLAGS = flags.FLAGS
 

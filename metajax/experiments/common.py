@@ -7,6 +7,7 @@ import platform
 import sys
 from typing import Any, Dict
 
+from absl import flags
 from absl import logging
 import jax
 
@@ -68,3 +69,23 @@ def config_from_flags(config_class, flag_values, **overrides):
             for f in dataclasses.fields(config_class) if f.name in flag_values}
   values.update(overrides)
   return config_class(**values)
+
+
+def define_run_flags(defaults, workdir: str) -> None:
+  """Defines the flags every experiment shares, with `defaults`' values.
+
+  Args:
+    defaults: the experiment's default config (fields seed, log_every,
+      checkpoint_every).
+    workdir: the default output directory.
+  """
+  flags.DEFINE_integer("seed", defaults.seed, "Seed of the whole run.")
+  flags.DEFINE_integer("log_every", defaults.log_every,
+                       "Meta-steps per compiled call and per log line.")
+  flags.DEFINE_integer("checkpoint_every", defaults.checkpoint_every,
+                       "Meta-steps between checkpoints.")
+  flags.DEFINE_bool("progress", True, "Show progress bars.")
+  flags.DEFINE_string("compilation_cache", DEFAULT_CACHE_DIR,
+                      "Persistent XLA compilation cache ('' disables it).")
+  flags.DEFINE_string("workdir", workdir,
+                      "Output directory (results, plots, checkpoints).")
