@@ -27,6 +27,10 @@ flags.DEFINE_enum("dataset", _D.dataset, fv.DATASETS,
                   "cifar100 prepared in --data_dir).")
 flags.DEFINE_enum("split", _D.split, ("vinyals", "lake"),
                   "Omniglot class split.")
+flags.DEFINE_bool("train_on_val", _D.train_on_val,
+                  "Meta-train on the meta-train and meta-validation classes "
+                  "together (the papers' 1,200 Omniglot training characters); "
+                  "no validation curve then.")
 flags.DEFINE_enum("source", _D.source, fv.OMNIGLOT_SOURCES,
                   "Where the Omniglot drawings come from: npz arrays or "
                   "official zips under --data_dir/omniglot, a prepared tfds "

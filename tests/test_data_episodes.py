@@ -88,3 +88,31 @@ def test_make_dataset_and_subset_validate():
   np.testing.assert_array_equal(sub.images[0], ds.images[3])
   with pytest.raises(ValueError, match="not in the dataset"):
     episodes.subset(ds, ["nope"])
+
+
+def test_concat_pads_and_keeps_every_class():
+  a = _dataset(classes=3, examples=6)
+  b_images = np.zeros((2, 4, 2, 2), np.uint8)
+  for c in range(2):
+    for e in range(4):
+      b_images[c, e] = 100 + c * 10 + e
+  b = episodes.make_dataset(b_images, ["other0", "other1"], counts=[4, 3])
+  both = episodes.concat([a, b])
+  assert both.class_names == a.class_names + b.class_names
+  np.testing.assert_array_equal(both.counts, [6, 6, 6, 4, 3])
+  np.testing.assert_array_equal(both.images[:3], a.images)
+  np.testing.assert_array_equal(both.images[3:, :4], b.images)
+  sampler = episodes.episode_sampler(both, ways=5, shots=1, query=2,
+                                     batch_size=200)
+  (xs, _), (xq, _) = sampler(jax.random.PRNGKey(0))
+  c, e = _origin(np.concatenate([xs, xq], 1))
+  # Rows padded by concat (zeros, read as class 0 example 0) and other1's own
+  # padding row are never drawn: each episode holds class 0 example 0 at
+  # most once, and other1's three real examples every time.
+  assert ((c == 0) & (e == 0)).sum(axis=1).max() <= 1
+  assert set(e[c == 11]) == {0, 1, 2}
+  with pytest.raises(ValueError, match="repeat across datasets.*class0"):
+    episodes.concat([a, a])
+  with pytest.raises(ValueError, match="image shapes"):
+    episodes.concat([a, episodes.make_dataset(
+        np.zeros((1, 2, 3, 3), np.uint8), ["x"])])

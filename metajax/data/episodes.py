@@ -7,6 +7,7 @@ inside the compiled training step and gathered from the array already on the
 device, so no episode is built on the host and nothing is copied per step.
 """
 
+import collections
 import functools
 import os
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
@@ -92,6 +93,29 @@ def subset(dataset: ClassDataset, names: Sequence[str]) -> ClassDataset:
         f"{len(missing)} classes not in the dataset, e.g. {missing[:3]}.")
   rows = np.array([index[n] for n in names], np.int64)
   return ClassDataset(dataset.images[rows], dataset.counts[rows], tuple(names))
+
+
+def concat(datasets: Sequence[ClassDataset]) -> ClassDataset:
+  """The classes of all `datasets` in one, e.g. meta-train plus meta-val.
+
+  Datasets with fewer examples per class are padded (padding is never
+  sampled); image shapes must agree and class names must not repeat.
+  """
+  if not datasets:
+    raise ValueError("concat needs at least one dataset.")
+  shapes = {d.image_shape for d in datasets}
+  if len(shapes) != 1:
+    raise ValueError(f"cannot concatenate datasets of image shapes {shapes}.")
+  names = [n for d in datasets for n in d.class_names]
+  dup = sorted(n for n, c in collections.Counter(names).items() if c > 1)
+  if dup:
+    raise ValueError(f"class names repeat across datasets, e.g. {dup[:3]}.")
+  width = max(d.images.shape[1] for d in datasets)
+  images = np.concatenate([
+      np.pad(d.images, [(0, 0), (0, width - d.images.shape[1])] +
+             [(0, 0)] * 3) for d in datasets])
+  counts = np.concatenate([d.counts for d in datasets])
+  return ClassDataset(images, counts, tuple(names))
 
 
 def check_episode_fits(dataset: ClassDataset, ways: int, shots: int,

@@ -60,11 +60,14 @@ class Config:
 
   `test_ways` lists the way counts evaluated at the end (ProtoNets handles
   any; the MAML family's head fixes it to `ways`). A `test_*` value of 0 means
-  "same as training".
+  "same as training". `train_on_val` meta-trains on the meta-train and
+  meta-validation classes together (for Omniglot the papers' 1,200 training
+  characters) and then has no validation curve.
   """
   algorithm: str = "protonet"
   dataset: str = "omniglot"
   split: str = "vinyals"
+  train_on_val: bool = False
   source: str = "npz"
   backbone: str = "conv4"
   trust_download: bool = False
@@ -274,6 +277,12 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
   common.write_json(os.path.join(workdir, "config.json"),
                     dataclasses.asdict(config))
   splits = load_splits(config)
+  if config.train_on_val:
+    if "val" not in splits:
+      raise ValueError(f"train_on_val: the {config.dataset} "
+                       f"{config.split} split has no validation classes.")
+    splits = {"train": episodes.concat([splits["train"], splits["val"]]),
+              "test": splits["test"]}
   train_key, val_key, test_key = jax.random.split(
       jax.random.PRNGKey(config.seed), 3)
   sampler = episodes.episode_sampler(
