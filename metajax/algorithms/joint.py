@@ -7,7 +7,7 @@ support set with plain gradient descent, so the baseline is judged with the
 same adaptation budget as MAML.
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
 from metajax import inner
 from metajax import tasks as tasks_lib
@@ -17,21 +17,26 @@ from metajax.algorithms.base import supervised_loss
 
 
 def joint(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
-          steps: int = 0, lr: float = 0.01) -> MetaLearner:
+          steps: int = 0, lr: float = 0.01,
+          adapt_mask: Optional[Callable] = None,
+          pool: Callable = tasks_lib.merge_sets) -> MetaLearner:
   """Joint training with `steps` steps of fine-tuning at `lr` in `adapt`.
 
   Arguments as in `metajax.algorithms.maml`; meta-parameters are
-  `{"params": params}`.
+  `{"params": params}`. `pool(task) -> set` makes one training set of a
+  task's support and query: concatenation by default;
+  `metajax.data.students.pool_sets` for sequences.
   """
   inner.check_steps(steps)
   loss_fn = supervised_loss(apply_fn, loss)
 
   def task_loss(meta_params, task):
-    return loss_fn(meta_params["params"], tasks_lib.merge_sets(task))
+    return loss_fn(meta_params["params"], pool(task))
 
   def adapt(meta_params, support):
-    return inner.adapt(loss_fn, meta_params["params"], support, steps=steps,
-                       lr=lr)
+    params = meta_params["params"]
+    return inner.adapt(loss_fn, params, support, steps=steps, lr=lr,
+                       mask=None if adapt_mask is None else adapt_mask(params))
 
   def predict(meta_params, adapted_params, x):
     del meta_params

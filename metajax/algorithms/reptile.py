@@ -32,7 +32,8 @@ from metajax.algorithms.base import supervised_loss
 def reptile(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
             steps: int = 5, lr: float = 0.01,
             test_steps: Optional[int] = None,
-            metrics: Optional[Callable] = None) -> MetaLearner:
+            metrics: Optional[Callable] = None,
+            pool: Callable = tasks_lib.merge_sets) -> MetaLearner:
   """Reptile with a gradient-descent inner loop.
 
   Args:
@@ -48,6 +49,9 @@ def reptile(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
       (e.g. `classification_metrics`), reported by `meta_grad` for the query
       set after `adapt` on the support set, as evaluation scores a task. This
       costs one more inner loop per task, run only when `metrics` is given.
+    pool: `pool(task) -> set`, the data of the training inner loop: support
+      and query concatenated by default; `metajax.data.students.pool_sets`
+      for sequences.
 
   Returns:
     A `MetaLearner` whose meta-parameters are `{"params": params}` and whose
@@ -71,7 +75,7 @@ def reptile(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
     params = meta_params["params"]
 
     def one_task(task):
-      data = tasks_lib.merge_sets(task)
+      data = pool(task)
       adapted = inner.adapt(loss_fn, params, data, steps=steps, lr=lr)
       values = {"loss": loss_fn(params, data),
                 "adapted_loss": loss_fn(adapted, data)}

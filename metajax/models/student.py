@@ -1,0 +1,117 @@
+"""Student models for knowledge tracing, with explicit per-student parameters.
+
+`StudentModel` predicts, for every position t of one student's sequence, the
+logit of a correct answer to question q_t:
+
+  logit_t = b[q_t]                                 item difficulty (IRT)
+          + theta + u . v[q_t]                     the student's own terms
+          + head([h_{t-1}, e[q_t]])                DKT, when hidden > 0
+
+`theta` (ability) and `u` (a `personal_dim` profile matched against item
+vectors v) live in the submodule named "student": they are what
+personalisation adapts (`student_mask`), while everything else is shared by
+all students. With `hidden=0` the model is a multidimensional IRT model; with
+`hidden>0`, h_{t-1} is an LSTM's state after the answers before t, updated
+only at positions whose answer is `visible`, so at a cold-start query
+position it holds exactly what the support answers told it.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metajax import inner
+from metajax.data.students import KTInput
+
+
+class StudentTerms(nn.Module):
+  """theta + u . v, the per-student part; v `[L, personal_dim]` is given."""
+  personal_dim: int
+
+  @nn.compact
+  def __call__(self, v):
+    theta = self.param("theta", nn.initializers.zeros, (1,))
+    u = self.param("u", nn.initializers.zeros, (self.personal_dim,))
+    return theta[0] + v @ u
+
+
+class MaskedLSTM(nn.Module):
+  """LSTM over `[L, D]` inputs that skips positions where `update` is False.
+
+  Returns `[L, hidden]`: the state before each position (zeros at t = 0).
+  """
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x, update):
+    gates_x = nn.Dense(4 * self.hidden, name="input")(x)  # one matmul for all t
+    w_h = self.param("recurrent", nn.initializers.orthogonal(),
+                     (self.hidden, 4 * self.hidden))
+
+    def step(carry, inputs):
+      h, c = carry
+      g, keep = inputs
+      i, f, o, z = jnp.split(g + h @ w_h, 4)
+      # +1 forget bias: remember by default early in training.
+      c_new = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(z)
+      h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+      carry = (jnp.where(keep, h_new, h), jnp.where(keep, c_new, c))
+      return carry, h  # the state *before* this position
+
+    zeros = jnp.zeros((self.hidden,), x.dtype)
+    _, before = jax.lax.scan(step, (zeros, zeros), (gates_x, update))
+    return before
+
+
+class StudentModel(nn.Module):
+  """Knowledge-tracing model of one student's sequence.
+
+  Attributes:
+    num_questions: ids are 1..num_questions (0 is padding).
+    hidden: LSTM width; 0 gives the IRT-style model with no sequence state.
+    embed_dim: width of the interaction and item embeddings of the LSTM part.
+    personal_dim: width of the per-student profile `u` (0: ability only).
+
+  Input: a `KTInput` with leaves `[L]`. Output: float32 logits `[L]`.
+  """
+  num_questions: int
+  hidden: int = 0
+  embed_dim: int = 64
+  personal_dim: int = 8
+
+  @nn.compact
+  def __call__(self, x: KTInput) -> jax.Array:
+    q = x.questions
+    n = self.num_questions + 1
+    logit = nn.Embed(n, 1, embedding_init=nn.initializers.zeros,
+                     name="difficulty")(q)[..., 0]
+    v = nn.Embed(n, max(self.personal_dim, 1), name="item_profile",
+                 embedding_init=nn.initializers.normal(0.1))(q)
+    logit = logit + StudentTerms(self.personal_dim, name="student")(
+        v[..., :self.personal_dim])
+    if self.hidden:
+      interaction = q + n * x.answers.astype(q.dtype)
+      e_in = nn.Embed(2 * n, self.embed_dim, name="interaction")(interaction)
+      h = MaskedLSTM(self.hidden, name="lstm")(e_in, x.visible)
+      e_q = nn.Embed(n, self.embed_dim, name="item")(q)
+      z = nn.relu(nn.Dense(self.hidden, name="mix")(
+          jnp.concatenate([h, e_q], -1)))
+      logit = logit + nn.Dense(1, name="head")(z)[..., 0]
+    return logit
+
+
+def student_mask(params):
+  """True on the per-student parameters (theta, u): what adaptation changes."""
+  return inner.mask_by_path(params, lambda path: "/student/" in f"/{path}/")
+
+
+def masked_bce(logits: jax.Array, y) -> jax.Array:
+  """Mean binary cross-entropy over the `target` positions of `KTTarget` y.
+
+  Zero when no position is a target (e.g. a support set of size 0), so an
+  empty support set leaves the parameters unchanged.
+  """
+  answers = y.answers.astype(logits.dtype)
+  losses = (jax.nn.softplus(logits) - answers * logits)
+  weight = y.target.astype(logits.dtype)
+  return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)

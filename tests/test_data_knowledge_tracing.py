@@ -1,0 +1,141 @@
+"""The three-line knowledge-tracing loader, on the real files and bad ones."""
+
+import collections
+import re
+
+import numpy as np
+import pytest
+
+from metajax.data import knowledge_tracing as kt
+
+
+def _write(tmp_path, text, name="toy_train.csv"):
+  path = tmp_path / name
+  path.write_text(text)
+  return str(path)
+
+
+def _multiset(seqs):
+  return collections.Counter(
+      (q.tobytes(), a.tobytes()) for q, a in zip(seqs.questions, seqs.answers))
+
+
+@pytest.mark.parametrize("name, students, test_students, ids, interactions, "
+                         "longest, correct", [
+                             ("assist2009", 2921, 1230, 110, 325637, 1261,
+                              0.658),
+                             ("statics2011", 229, 104, 1223, 189297, 1181,
+                              0.765)])
+def test_real_datasets_match_their_published_counts(
+    shared_data_dir, name, students, test_students, ids, interactions,
+    longest, correct):
+  data = kt.load(shared_data_dir, name)
+  stats = kt.summary(data)
+  assert stats["students_train"] == students
+  assert stats["students_test"] == test_students
+  assert stats["num_questions"] == ids
+  assert stats["interactions"] == interactions
+  assert stats["longest"] == longest
+  assert abs(stats["correct_fraction"] - correct) < 1e-3
+  for fold in range(1, 6):
+    split = kt.load(shared_data_dir, name, fold=fold)
+    # Each fold partitions the train file: same students, none lost.
+    assert _multiset(split.train) + _multiset(split.valid) == _multiset(
+        data.train)
+    assert split.num_questions == ids
+
+
+def test_trailing_commas_spaces_and_blank_lines(tmp_path):
+  path = _write(tmp_path, "3\n4,4,7,\n1,0,1,\n\n2\n 1, 2 \n0,1\n\n")
+  seqs = kt.parse(path)
+  assert seqs.num_students == 2
+  np.testing.assert_array_equal(seqs.questions[0], [4, 4, 7])
+  np.testing.assert_array_equal(seqs.answers[0], [1, 0, 1])
+  np.testing.assert_array_equal(seqs.questions[1], [1, 2])
+  assert seqs.questions[0].dtype == np.int32 and seqs.answers[0].dtype == np.int8
+
+
+GOOD = "2\n1,2\n0,1\n"
+
+
+@pytest.mark.parametrize("bad_block, line, message", [
+    ("3\n1,2\n0,1,1\n", 5, r"2 question ids but the count line \(line 4\) "
+     r"says 3"),
+    ("2\n1,2\n0,1,1\n", 6, "3 answers but the count line"),
+    ("2\n1,0\n0,1\n", 5, "question id 0 out of range"),
+    ("2\n1,x\n0,1\n", 5, "question ids must be comma-separated integers, "
+     "found 'x'"),
+    ("2\n1,2\n0,2\n", 6, "answers must be 0 or 1, found 2"),
+    ("two\n1,2\n0,1\n", 4, "count line must be a positive integer"),
+])
+def test_malformed_blocks_name_file_block_and_line(tmp_path, bad_block, line,
+                                                   message):
+  path = _write(tmp_path, GOOD + bad_block + GOOD)
+  with pytest.raises(kt.KTFormatError) as error:
+    kt.parse(path)
+  text = str(error.value)
+  assert path in text
+  assert f"student block 2 (line {line})" in text
+  assert re.search(message, text), text
+
+
+def test_block_cut_short_by_the_end_of_the_file(tmp_path):
+  path = _write(tmp_path, GOOD + "2\n1,2\n")
+  with pytest.raises(kt.KTFormatError,
+                     match=r"student block 2 \(line 4\): truncated block"):
+    kt.parse(path)
+
+
+def test_ids_above_a_given_range_are_rejected(tmp_path):
+  path = _write(tmp_path, GOOD + "2\n1,9\n0,1\n")
+  assert kt.parse(path).max_id() == 9
+  with pytest.raises(kt.KTFormatError,
+                     match=r"block 2 \(line 5\): question id 9 out of range "
+                     r"1\.\.8"):
+    kt.parse(path, num_questions=8)
+
+
+def test_empty_file_is_an_error(tmp_path):
+  with pytest.raises(kt.KTFormatError, match="no student blocks"):
+    kt.parse(_write(tmp_path, "\n\n"))
+
+
+def test_window_keeps_every_interaction_in_order(shared_data_dir):
+  seqs = kt.load(shared_data_dir, "statics2011").train
+  pieces = kt.window(seqs, 200)
+  assert pieces.lengths.max() == 200
+  assert pieces.num_interactions == seqs.num_interactions
+  np.testing.assert_array_equal(np.concatenate(pieces.questions),
+                                np.concatenate(seqs.questions))
+  np.testing.assert_array_equal(np.concatenate(pieces.answers),
+                                np.concatenate(seqs.answers))
+  # 450 interactions -> 200, 200, 50.
+  one = kt.Sequences((np.arange(1, 451, dtype=np.int32),),
+                     (np.zeros(450, np.int8),))
+  assert list(kt.window(one, 200).lengths) == [200, 200, 50]
+
+
+def test_pad_masks_padding_and_refuses_long_sequences(tmp_path):
+  seqs = kt.parse(_write(tmp_path, "3\n4,4,7\n1,0,1\n1\n2\n1\n"))
+  q, a, m = kt.pad(seqs)
+  np.testing.assert_array_equal(q, [[4, 4, 7], [2, 0, 0]])
+  np.testing.assert_array_equal(a, [[1, 0, 1], [1, 0, 0]])
+  np.testing.assert_array_equal(m, [[1, 1, 1], [1, 0, 0]])
+  with pytest.raises(ValueError, match="toy_train.csv.*3 interactions does "
+                     "not fit length 2"):
+    kt.pad(seqs, 2)
+
+
+def test_finds_a_third_dataset_by_name_and_folder(tmp_path):
+  folder = tmp_path / "assist2015"
+  folder.mkdir()
+  for split in ("train", "test"):
+    (folder / f"assist2015_{split}.csv").write_text(GOOD + "1\n3\n1\n")
+  data = kt.load(str(tmp_path), "assist2015")
+  assert data.name == "assist2015" and data.num_questions == 3
+  assert data.valid is None and data.test.num_students == 2
+  assert kt.load(str(folder), "assist2015").train.num_students == 2
+  with pytest.raises(FileNotFoundError, match="fold 2"):
+    kt.load(str(tmp_path), "assist2015", fold=2)
+  with pytest.raises(FileNotFoundError, match="no nope_train.csv"):
+    kt.load(str(tmp_path), "nope")
