@@ -1,0 +1,357 @@
+"""Student-performance prediction: each student a task, cold-start adaptation.
+
+For one knowledge-tracing dataset (three-line files, see
+`metajax.data.knowledge_tracing`) and one `StudentModel` ("irt" or "dkt"),
+`train_and_evaluate` trains
+
+  joint     the model on every training answer (next-answer objective, the
+            usual way to train DKT or IRT); at test it is used as it is
+            ("none": no adaptation) and fine-tuned on the student's support
+            answers ("finetune"): plain gradient descent on the per-student
+            parameters, at the learning rate that scores best on the
+            validation students;
+  maml, meta_sgd, reptile
+            meta-learned personalisation on cold-start tasks (support = a
+            student's first k answers, k drawn from `support_sizes`), with
+            the same inner loop (steps and rate) as fine-tuning;
+
+and evaluates on the test students, who never appear in training:
+
+  usual protocol  every test answer predicted from all earlier answers of
+                  the student (AUC, accuracy, RMSE over all test answers);
+                  adapting methods re-adapt their per-student parameters on
+                  the answers so far every `online_every` answers;
+  cold start      for each k in `support_sizes`: adapt on the first k
+                  answers, predict all later answers from those k alone; AUC
+                  with a 95% bootstrap interval over students.
+
+Training sequences are cut into windows of `window` answers (every answer
+kept, see `knowledge_tracing.window`); each window is a training task. Test
+students are used whole.
+
+Files written to `workdir`: results.json, cold_start.png and, per trained
+method, `<method>/metrics.jsonl` and orbax checkpoints (a rerun resumes).
+"""
+
+import dataclasses
+import os
+import time
+from typing import Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from metajax import algorithms
+from metajax.data import knowledge_tracing as kt
+from metajax.data import students
+from metajax.evaluate import binary_metrics
+from metajax.evaluate import bootstrap_auc
+from metajax.experiments import common
+from metajax.models.student import StudentModel
+from metajax.models.student import masked_bce
+from metajax.models.student import student_mask
+from metajax.tasks import Task
+from metajax.train import train
+
+MODELS = ("irt", "dkt")
+META_ALGORITHMS = ("maml", "meta_sgd", "reptile")
+# Fine-tuning rates tried on the validation students; the best one is used.
+FINETUNE_LRS = (0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that defines a run.
+
+  `num_epochs`, when > 0, replaces `num_steps`: one epoch is as many
+  meta-steps as it takes `meta_batch_size`-student batches to cover the
+  training windows once. `fold` 1..5 trains on that fold's train file and
+  tunes fine-tuning on its validation file; 0 trains on the whole train file
+  and tunes on training students.
+  """
+  dataset: str = "assist2009"
+  data_dir: str = ""
+  num_questions: int = 0
+  fold: int = 1
+  model: str = "irt"
+  algorithms: Tuple[str, ...] = META_ALGORITHMS
+  support_sizes: Tuple[int, ...] = (0, 3, 5, 10, 20)
+  inner_steps: int = 5
+  inner_lr: float = 1.0
+  outer_lr: float = 1e-3
+  meta_batch_size: int = 32
+  num_steps: int = 2000
+  num_epochs: int = 0
+  window: int = 200
+  hidden: int = 100
+  embed_dim: int = 64
+  personal_dim: int = 8
+  online_every: int = 1
+  eval_batch: int = 256
+  bootstrap: int = 1000
+  seed: int = 0
+  log_every: int = 100
+  checkpoint_every: int = 500
+  progress: bool = True
+
+  def validate(self):
+    if self.model not in MODELS:
+      raise ValueError(f"model must be one of {MODELS}, got {self.model!r}.")
+    unknown = sorted(set(self.algorithms) - set(META_ALGORITHMS))
+    if unknown:
+      raise ValueError(f"unknown algorithms {unknown}; choose from "
+                       f"{META_ALGORITHMS}.")
+    if not self.support_sizes or min(self.support_sizes) < 0:
+      raise ValueError(f"support_sizes must be non-negative, got "
+                       f"{self.support_sizes}.")
+    for name in ("inner_steps", "meta_batch_size", "num_steps", "window",
+                 "online_every", "eval_batch"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    if self.fold not in range(0, 6):
+      raise ValueError(f"fold must be 0 (no validation) or 1..5, got "
+                       f"{self.fold}.")
+
+
+def load_data(config: Config) -> kt.KTDataset:
+  return kt.load(config.data_dir, config.dataset, fold=config.fold or None,
+                 num_questions=config.num_questions or None)
+
+
+def make_learner(config: Config, method: str, num_questions: int,
+                 lr: Optional[float] = None) -> algorithms.MetaLearner:
+  """The learner of `method` ("joint" or a meta-algorithm) on the model."""
+  model = StudentModel(num_questions, hidden=config.hidden,
+                       embed_dim=config.embed_dim,
+                       personal_dim=config.personal_dim)
+  length = config.window
+  dummy = students.KTInput(jnp.zeros(length, jnp.int32),
+                           jnp.zeros(length, jnp.int8),
+                           jnp.zeros(length, bool))
+  init_fn = lambda key: model.init(key, dummy)
+  lr = config.inner_lr if lr is None else lr
+  common_args = dict(steps=config.inner_steps, lr=lr)
+  if method == "joint":
+    return algorithms.joint(init_fn, model.apply, masked_bce,
+                            adapt_mask=student_mask, pool=students.pool_sets,
+                            **common_args)
+  if method == "reptile":
+    return algorithms.reptile(init_fn, model.apply, masked_bce,
+                              pool=students.pool_sets, **common_args)
+  build = getattr(algorithms, method)
+  return build(init_fn, model.apply, masked_bce, adapt_mask=student_mask,
+               **common_args)
+
+
+def online_task(questions, answers, length, start, every) -> Task:
+  """One block of the usual protocol; traceable.
+
+  The support is the answers before `start`; the query reads every earlier
+  answer and scores answers `start .. start + every - 1`.
+  """
+  pos = jnp.arange(questions.shape[-1])
+  real = pos < length
+  before = real & (pos < start)
+  read = lambda seen: students.KTInput(
+      questions, jnp.where(seen, answers, 0).astype(jnp.int8), seen)
+  scored = real & (pos >= start) & (pos < start + every)
+  return Task((read(before), students.KTTarget(answers, before)),
+              (read(real), students.KTTarget(answers, scored)))
+
+
+def _scored_predictions(learner, meta_params, arrays, rows, starts, make_task,
+                        batch: int, adapt: bool):
+  """Predictions at the scored query positions of tasks built on the device.
+
+  Task i is `make_task(questions[rows[i]], answers[rows[i]],
+  lengths[rows[i]], starts[i])`; tasks are built and scored `batch` at a
+  time, so only one batch of `[batch, L]` sequences exists at once.
+
+  Returns:
+    (probabilities, answers, student rows), float/int `[scored answers]`.
+  """
+  def one(mp, q, a, length, s):
+    task = make_task(q, a, length, s)
+    state = learner.adapt(mp, task.support) if adapt else mp["params"]
+    x, y = task.query
+    return jax.nn.sigmoid(learner.predict(mp, state, x)), y
+
+  @jax.jit
+  def run(mp, data, rows, starts):
+    q, a, lengths = data
+    return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))(
+        mp, q[rows], a[rows], lengths[rows], starts)
+
+  data = tuple(jax.device_put(v) for v in arrays)
+  probs, answers, who = [], [], []
+  for i in range(0, len(rows), batch):
+    r = np.asarray(rows[i:i + batch])
+    s = np.asarray(starts[i:i + batch])
+    pad = batch - len(r)  # one compiled shape for every batch
+    p, y = run(meta_params, data, np.pad(r, (0, pad)), np.pad(s, (0, pad)))
+    target = np.asarray(y.target)[:len(r)]
+    probs.append(np.asarray(p)[:len(r)][target])
+    answers.append(np.asarray(y.answers)[:len(r)][target])
+    who.append(np.broadcast_to(r[:, None], target.shape)[target])
+  return np.concatenate(probs), np.concatenate(answers), np.concatenate(who)
+
+
+def usual_protocol(learner, meta_params, arrays, config: Config,
+                   adapt: bool) -> Dict[str, float]:
+  """AUC/accuracy/RMSE over all test answers, each from all earlier ones.
+
+  Adapting methods re-adapt on the answers so far every `online_every`
+  answers; the others read the whole history with no adaptation.
+  """
+  length = int(arrays.questions.shape[1])
+  every = config.online_every if adapt else length
+  rows = [(r, s) for r, n in enumerate(arrays.lengths)
+          for s in range(0, int(n), every)]
+  rows, starts = np.array(rows, np.int32).T
+  make = lambda q, a, n, s: online_task(q, a, n, s, every)
+  p, y, _ = _scored_predictions(learner, meta_params, arrays, rows, starts,
+                                make, config.eval_batch, adapt)
+  return binary_metrics(p, y)
+
+
+def _cold_start_predictions(learner, meta_params, arrays, k, config, adapt):
+  rows = np.arange(arrays.num_students, dtype=np.int32)
+  return _scored_predictions(learner, meta_params, arrays, rows,
+                             np.full_like(rows, k), students.cold_start_task,
+                             config.eval_batch, adapt)
+
+
+def cold_start(learner, meta_params, arrays, config: Config, adapt: bool
+               ) -> Dict[int, Dict[str, float]]:
+  """Per support size k: AUC on the answers after the first k, bootstrap CI."""
+  table = {}
+  for k in config.support_sizes:
+    p, y, who = _cold_start_predictions(learner, meta_params, arrays, k,
+                                        config, adapt)
+    table[k] = bootstrap_auc(p, y, who, reps=config.bootstrap,
+                             seed=config.seed)
+  return table
+
+
+def _finetune_lr(config, joint_params, valid, num_questions) -> Dict:
+  """Picks the fine-tuning rate with the best validation cold-start AUC."""
+  scores = {}
+  sizes = [k for k in config.support_sizes if k > 0] or [0]
+  for lr in FINETUNE_LRS:
+    learner = make_learner(config, "joint", num_questions, lr=lr)
+    aucs = []
+    for k in sizes:
+      p, y, _ = _cold_start_predictions(learner, joint_params, valid, k,
+                                        config, adapt=True)
+      aucs.append(binary_metrics(p, y)["auc"])
+    scores[lr] = float(np.mean(aucs))
+  best = max(scores, key=scores.get)
+  return {"lr": best, "validation_auc": scores}
+
+
+def _plot(path: str, rows: Dict[str, Dict], config: Config, title: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ks = list(config.support_sizes)
+  for name, table in rows.items():
+    auc = np.array([table[k]["auc"] for k in ks])
+    low = np.array([table[k]["ci_low"] for k in ks])
+    high = np.array([table[k]["ci_high"] for k in ks])
+    ax.plot(ks, auc, marker="o", label=name)
+    ax.fill_between(ks, low, high, alpha=0.2)
+  ax.set_xlabel("support answers k (the student's first k)")
+  ax.set_ylabel("AUC on the later answers (95% bootstrap CI)")
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def train_and_evaluate(config: Config, workdir: str) -> Dict:
+  """Trains every method (resuming from `workdir`), evaluates, writes files."""
+  config.validate()
+  start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  common.write_json(os.path.join(workdir, "config.json"),
+                    dataclasses.asdict(config))
+  data = load_data(config)
+  nq = data.num_questions
+  train_arrays = students.pack(data.train, window=config.window)
+  test_arrays = students.pack(data.test)
+  valid_arrays = (students.pack(data.valid) if data.valid is not None else
+                  students.pack(data.train))
+  sampler = students.student_sampler(
+      train_arrays, batch_size=config.meta_batch_size,
+      support_sizes=config.support_sizes)
+  train_key = jax.random.PRNGKey(config.seed)
+  num_steps = config.num_steps
+  if config.num_epochs:
+    num_steps = config.num_epochs * -(-train_arrays.num_students //
+                                      config.meta_batch_size)
+
+  methods, train_time = {}, {}
+  for method in ("joint",) + tuple(config.algorithms):
+    t0 = time.perf_counter()
+    state = train(
+        make_learner(config, method, nq), optax.adam(config.outer_lr),
+        sampler, key=train_key, num_steps=num_steps,
+        workdir=os.path.join(workdir, method), log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every, progress=config.progress,
+        desc=method)
+    train_time[method] = time.perf_counter() - t0
+    methods[method] = state.meta_params
+
+  finetune = _finetune_lr(config, methods["joint"], valid_arrays, nq)
+  rows = {"none": (make_learner(config, "joint", nq), methods["joint"], False),
+          "finetune": (make_learner(config, "joint", nq, lr=finetune["lr"]),
+                       methods["joint"], True)}
+  for method in config.algorithms:
+    rows[method] = (make_learner(config, method, nq), methods[method], True)
+
+  usual, cold = {}, {}
+  for name, (learner, params, adapt) in rows.items():
+    usual[name] = usual_protocol(learner, params, test_arrays, config, adapt)
+    cold[name] = cold_start(learner, params, test_arrays, config, adapt)
+
+  title = f"{config.model} on {data.name}: cold-start personalisation"
+  _plot(os.path.join(workdir, "cold_start.png"), cold, config, title)
+  results = {
+      "dataset": data.name, "model": config.model,
+      "summary": kt.summary(data),
+      "usual_protocol": usual,
+      "cold_start": {name: {str(k): v for k, v in table.items()}
+                     for name, table in cold.items()},
+      "finetune": finetune,
+      "num_steps": num_steps,
+      "train_time_s": train_time,
+      "wall_time_s": time.perf_counter() - start,
+      "config": dataclasses.asdict(config),
+      "environment": common.environment(),
+  }
+  common.write_json(os.path.join(workdir, "results.json"), results)
+  return results
+
+
+def format_results(results: Dict) -> str:
+  """The usual-protocol and cold-start tables as text."""
+  lines = [f"{results['model']} on {results['dataset']}: test AUC / accuracy "
+           f"/ RMSE over all test answers"]
+  for name, m in results["usual_protocol"].items():
+    lines.append(f"  {name:10s} {m['auc']:.4f} / {m['accuracy']:.4f} / "
+                 f"{m['rmse']:.4f}")
+  ks = list(next(iter(results["cold_start"].values())))
+  lines.append("cold start: AUC on the answers after the first k "
+               "[95% bootstrap CI]")
+  lines.append("  " + " " * 10 + "".join(f"{'k=' + k:>24s}" for k in ks))
+  for name, table in results["cold_start"].items():
+    cells = "".join(f"{t['auc']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}]"
+                    .rjust(24) for t in table.values())
+    lines.append(f"  {name:10s}{cells}")
+  return "\n".join(lines)
+
