@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
 from metajax import algorithms
 from metajax.data import knowledge_tracing as kt
@@ -161,16 +162,13 @@ def online_task(questions, answers, length, start, every) -> Task:
               (read(real), students.KTTarget(answers, scored)))
 
 
-def _scored_predictions(learner, meta_params, arrays, rows, starts, make_task,
-                        batch: int, adapt: bool):
-  """Predictions at the scored query positions of tasks built on the device.
+def scorer(learner, make_task, adapt: bool):
+  """A compiled `run(meta_params, data, rows, starts) -> (probs, KTTarget)`.
 
   Task i is `make_task(questions[rows[i]], answers[rows[i]],
-  lengths[rows[i]], starts[i])`; tasks are built and scored `batch` at a
-  time, so only one batch of `[batch, L]` sequences exists at once.
-
-  Returns:
-    (probabilities, answers, student rows), float/int `[scored answers]`.
+  lengths[rows[i]], starts[i])`, built on the device from `data =
+  (questions, answers, lengths)`; with `adapt`, the learner adapts on its
+  support set before predicting its query. Outputs are `[len(rows), L]`.
   """
   def one(mp, q, a, length, s):
     task = make_task(q, a, length, s)
@@ -183,13 +181,27 @@ def _scored_predictions(learner, meta_params, arrays, rows, starts, make_task,
     q, a, lengths = data
     return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))(
         mp, q[rows], a[rows], lengths[rows], starts)
+  return run
 
+
+def scored_predictions(run, meta_params, arrays, rows, starts, batch: int,
+                       desc: str = "", progress: bool = False):
+  """`run`'s predictions at the scored query positions, `batch` tasks a call.
+
+  Only one batch of `[batch, L]` sequences exists at a time; the last batch
+  is padded so every call has the same shape (one compilation).
+
+  Returns:
+    (probabilities, answers, student rows), each `[scored answers]`.
+  """
   data = tuple(jax.device_put(v) for v in arrays)
   probs, answers, who = [], [], []
-  for i in range(0, len(rows), batch):
+  starts_at = range(0, len(rows), batch)
+  for i in tqdm.tqdm(starts_at, desc=desc, unit="batch", leave=False,
+                     disable=not progress):
     r = np.asarray(rows[i:i + batch])
     s = np.asarray(starts[i:i + batch])
-    pad = batch - len(r)  # one compiled shape for every batch
+    pad = batch - len(r)
     p, y = run(meta_params, data, np.pad(r, (0, pad)), np.pad(s, (0, pad)))
     target = np.asarray(y.target)[:len(r)]
     probs.append(np.asarray(p)[:len(r)][target])
@@ -199,7 +211,7 @@ def _scored_predictions(learner, meta_params, arrays, rows, starts, make_task,
 
 
 def usual_protocol(learner, meta_params, arrays, config: Config,
-                   adapt: bool) -> Dict[str, float]:
+                   adapt: bool, desc: str = "") -> Dict[str, float]:
   """AUC/accuracy/RMSE over all test answers, each from all earlier ones.
 
   Adapting methods re-adapt on the answers so far every `online_every`
@@ -210,43 +222,46 @@ def usual_protocol(learner, meta_params, arrays, config: Config,
   rows = [(r, s) for r, n in enumerate(arrays.lengths)
           for s in range(0, int(n), every)]
   rows, starts = np.array(rows, np.int32).T
-  make = lambda q, a, n, s: online_task(q, a, n, s, every)
-  p, y, _ = _scored_predictions(learner, meta_params, arrays, rows, starts,
-                                make, config.eval_batch, adapt)
+  run = scorer(learner, lambda q, a, n, s: online_task(q, a, n, s, every),
+               adapt)
+  p, y, _ = scored_predictions(run, meta_params, arrays, rows, starts,
+                               config.eval_batch, desc, config.progress)
   return binary_metrics(p, y)
 
 
-def _cold_start_predictions(learner, meta_params, arrays, k, config, adapt):
+def cold_start_predictions(learner, meta_params, arrays, config: Config,
+                           adapt: bool, desc: str = ""):
+  """{k: (probabilities, answers, students)} of every support size k."""
+  run = scorer(learner, students.cold_start_task, adapt)
   rows = np.arange(arrays.num_students, dtype=np.int32)
-  return _scored_predictions(learner, meta_params, arrays, rows,
-                             np.full_like(rows, k), students.cold_start_task,
-                             config.eval_batch, adapt)
+  return {k: scored_predictions(run, meta_params, arrays, rows,
+                                np.full_like(rows, k), config.eval_batch,
+                                f"{desc} k={k}", config.progress)
+          for k in config.support_sizes}
 
 
-def cold_start(learner, meta_params, arrays, config: Config, adapt: bool
-               ) -> Dict[int, Dict[str, float]]:
+def cold_start(learner, meta_params, arrays, config: Config, adapt: bool,
+               desc: str = "") -> Dict[int, Dict[str, float]]:
   """Per support size k: AUC on the answers after the first k, bootstrap CI."""
-  table = {}
-  for k in config.support_sizes:
-    p, y, who = _cold_start_predictions(learner, meta_params, arrays, k,
-                                        config, adapt)
-    table[k] = bootstrap_auc(p, y, who, reps=config.bootstrap,
-                             seed=config.seed)
-  return table
+  predictions = cold_start_predictions(learner, meta_params, arrays, config,
+                                       adapt, desc)
+  return {k: bootstrap_auc(p, y, who, reps=config.bootstrap,
+                           seed=config.seed)
+          for k, (p, y, who) in predictions.items()}
 
 
 def _finetune_lr(config, joint_params, valid, num_questions) -> Dict:
   """Picks the fine-tuning rate with the best validation cold-start AUC."""
   scores = {}
-  sizes = [k for k in config.support_sizes if k > 0] or [0]
+  sizes = tuple(k for k in config.support_sizes if k > 0) or (0,)
   for lr in FINETUNE_LRS:
     learner = make_learner(config, "joint", num_questions, lr=lr)
-    aucs = []
-    for k in sizes:
-      p, y, _ = _cold_start_predictions(learner, joint_params, valid, k,
-                                        config, adapt=True)
-      aucs.append(binary_metrics(p, y)["auc"])
-    scores[lr] = float(np.mean(aucs))
+    predictions = cold_start_predictions(
+        learner, joint_params, valid, dataclasses.replace(
+            config, support_sizes=sizes), adapt=True,
+        desc=f"fine-tuning lr {lr}")
+    scores[lr] = float(np.mean([binary_metrics(p, y)["auc"]
+                                for p, y, _ in predictions.values()]))
   best = max(scores, key=scores.get)
   return {"lr": best, "validation_auc": scores}
 
@@ -316,8 +331,10 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
 
   usual, cold = {}, {}
   for name, (learner, params, adapt) in rows.items():
-    usual[name] = usual_protocol(learner, params, test_arrays, config, adapt)
-    cold[name] = cold_start(learner, params, test_arrays, config, adapt)
+    usual[name] = usual_protocol(learner, params, test_arrays, config, adapt,
+                                 desc=f"{name}, usual protocol")
+    cold[name] = cold_start(learner, params, test_arrays, config, adapt,
+                            desc=f"{name}, cold start")
 
   title = f"{config.model} on {data.name}: cold-start personalisation"
   _plot(os.path.join(workdir, "cold_start.png"), cold, config, title)

@@ -11,3 +11,6 @@ from metajax.models.relation import RelationEmbedding
 from metajax.models.relation import RelationModule
 from metajax.models.resnet import ResNet12
 from metajax.models.resnet import ResidualBlock
+from metajax.models.student import StudentModel
+from metajax.models.student import masked_bce
+from metajax.models.student import student_mask
