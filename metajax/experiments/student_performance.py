@@ -124,7 +124,8 @@ def load_data(config: Config) -> kt.KTDataset:
 def make_learner(config: Config, method: str, num_questions: int,
                  lr: Optional[float] = None) -> algorithms.MetaLearner:
   """The learner of `method` ("joint" or a meta-algorithm) on the model."""
-  model = StudentModel(num_questions, hidden=config.hidden,
+  model = StudentModel(num_questions,
+                       hidden=config.hidden if config.model == "dkt" else 0,
                        embed_dim=config.embed_dim,
                        personal_dim=config.personal_dim)
   length = config.window
