@@ -1,0 +1,123 @@
+"""The student-performance experiment end to end, on a third dataset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from metajax.data import knowledge_tracing as kt
+from metajax.experiments import student_performance as sp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write(path, seqs, rows):
+  with open(path, "w") as f:
+    for i in rows:
+      q, a = seqs.questions[i], seqs.answers[i]
+      f.write(f"{len(q)}\n{','.join(map(str, q))},\n{','.join(map(str, a))},\n")
+
+
+@pytest.fixture(scope="module")
+def third_dataset(shared_data_dir, tmp_path_factory):
+  """A dataset the experiment has never heard of: 'kt_sample', in the format.
+
+  Its students are real ASSISTments 2009 students, with their question ids
+  shifted by 7 so that nothing can rely on the original id range.
+  """
+  real = kt.load(shared_data_dir, "assist2009")
+  shift = lambda s: kt.Sequences(tuple(q + 7 for q in s.questions),
+                                 s.answers)
+  folder = tmp_path_factory.mktemp("kt") / "kt_sample"
+  folder.mkdir()
+  _write(folder / "kt_sample_train.csv", shift(real.train), range(0, 160))
+  _write(folder / "kt_sample_test.csv", shift(real.test), range(0, 40))
+  largest = max(max(int(q.max()) for q in real.train.questions[:160]),
+                max(int(q.max()) for q in real.test.questions[:40]))
+  return str(folder.parent), largest + 7
+
+
+def _run(data_dir, workdir, *extra):
+  cmd = [sys.executable, os.path.join(ROOT, "experiments",
+                                      "student_performance.py"),
+         "--dataset=kt_sample", f"--data_dir={data_dir}", "--fold=0",
+         "--model=irt", "--algorithm=maml,reptile", "--support_sizes=0,3,10",
+         "--num_steps=60", "--meta_batch_size=16", "--outer_lr=0.05",
+         "--bootstrap=50", "--log_every=20", "--checkpoint_every=20",
+         "--progress=false", "--compilation_cache=", f"--workdir={workdir}",
+         *extra]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f), out.stdout
+
+
+def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
+    third_dataset, tmp_path):
+  data_dir, num_questions = third_dataset
+  workdir = str(tmp_path / "run")
+  results, stdout = _run(data_dir, workdir)
+  assert results["dataset"] == "kt_sample"
+  assert results["summary"]["num_questions"] == num_questions
+  assert results["summary"]["students_test"] == 40
+  rows = {"none", "finetune", "maml", "reptile"}
+  assert set(results["usual_protocol"]) == rows
+  assert set(results["cold_start"]) == rows
+  usual = results["usual_protocol"]
+  for metrics in usual.values():
+    # An untrained model predicts a constant (AUC 0.5); even 60 steps learn
+    # something of the item difficulties.
+    assert 0.55 < metrics["auc"] < 1.0
+    assert 0.0 < metrics["rmse"] < 0.5
+  # Adapting to each test student's earlier answers beats ignoring them.
+  assert usual["maml"]["auc"] > usual["none"]["auc"] + 0.03
+  for table in results["cold_start"].values():
+    assert set(table) == {"0", "3", "10"}
+    for cell in table.values():
+      assert cell["ci_low"] <= cell["auc"] <= cell["ci_high"]
+      assert cell["groups"] <= 40
+  # No adaptation: the same predictions whatever k, so k=0 scores all
+  # answers and k=3 the ones after the third.
+  none = results["cold_start"]["none"]
+  assert none["0"]["n"] > none["3"]["n"] > none["10"]["n"]
+  assert results["finetune"]["lr"] in sp.FINETUNE_LRS
+  assert os.path.getsize(os.path.join(workdir, "cold_start.png")) > 10_000
+  assert "cold start: AUC" in stdout
+  for method in ("joint", "maml", "reptile"):
+    assert os.path.isdir(os.path.join(workdir, method, "checkpoints"))
+
+  # A rerun restores every method from its final checkpoint and reports the
+  # same numbers.
+  again, _ = _run(data_dir, workdir)
+  assert again["usual_protocol"] == results["usual_protocol"]
+  assert again["cold_start"] == results["cold_start"]
+
+
+def test_dkt_model_runs_in_process(third_dataset, tmp_path):
+  config = sp.Config(dataset="kt_sample", data_dir=third_dataset[0], fold=0,
+                     model="dkt", algorithms=("maml",), support_sizes=(0, 5),
+                     num_steps=4, meta_batch_size=4, hidden=8, embed_dim=8,
+                     personal_dim=2, window=50, online_every=50, eval_batch=64,
+                     bootstrap=20, log_every=2, checkpoint_every=2,
+                     progress=False)
+  results = sp.train_and_evaluate(config, str(tmp_path))
+  assert results["model"] == "dkt"
+  assert np.isfinite(results["usual_protocol"]["maml"]["auc"])
+
+
+def test_bad_config_and_bad_files_are_reported(tmp_path):
+  with pytest.raises(ValueError, match="model must be one of"):
+    sp.Config(model="bkt").validate()
+  with pytest.raises(ValueError, match=r"unknown algorithms \['anil'\]"):
+    sp.Config(algorithms=("anil",)).validate()
+  folder = tmp_path / "broken"
+  folder.mkdir()
+  (folder / "broken_train.csv").write_text("2\n1,2\n0,1\n2\n1,2\n0,7\n")
+  (folder / "broken_test.csv").write_text("1\n1\n1\n")
+  config = sp.Config(dataset="broken", data_dir=str(tmp_path), fold=0)
+  with pytest.raises(kt.KTFormatError, match=r"broken_train.csv, student "
+                     r"block 2 \(line 6\): answers must be 0 or 1, found 7"):
+    sp.train_and_evaluate(config, str(tmp_path / "out"))
