@@ -80,3 +80,20 @@ def test_sampler_draws_distinct_students_and_listed_support_sizes():
   with pytest.raises(ValueError, match="non-negative"):
     students.student_sampler(students.pack(seqs), batch_size=4,
                              support_sizes=[-1])
+
+
+def test_online_task_reads_all_history_and_scores_one_block():
+  arrays = _arrays()
+  (xs, ys), (xq, yq) = jax.device_get(students.online_task(
+      arrays.questions[0], arrays.answers[0], arrays.lengths[0], 2, 3))
+  np.testing.assert_array_equal(ys.target, [1, 1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(xs.answers, [1, 0, 0, 0, 0, 0])
+  # The query may read every answer (a causal model reads those before t)
+  # and scores positions 2, 3, 4 only.
+  np.testing.assert_array_equal(xq.visible, [1] * 6)
+  np.testing.assert_array_equal(xq.answers, arrays.answers[0])
+  np.testing.assert_array_equal(yq.target, [0, 0, 1, 1, 1, 0])
+  # The last block stops at the student's length.
+  (_, _), (_, yq) = students.online_task(
+      arrays.questions[2], arrays.answers[2], arrays.lengths[2], 3, 3)
+  np.testing.assert_array_equal(yq.target, [0, 0, 0, 1, 0, 0])

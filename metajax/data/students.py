@@ -85,9 +85,30 @@ def cold_start_task(questions: jax.Array, answers: jax.Array,
   pos = jnp.arange(questions.shape[-1])
   real = pos < length
   seen = real & (pos < k)
-  x = KTInput(questions, jnp.where(seen, answers, 0).astype(jnp.int8), seen)
+  x = _read(questions, answers, seen)
   return Task((x, KTTarget(answers, seen)),
               (x, KTTarget(answers, real & ~seen)))
+
+
+def online_task(questions: jax.Array, answers: jax.Array, length: jax.Array,
+                start: jax.Array, every: int) -> Task:
+  """One block of the usual next-answer protocol; traceable.
+
+  The support is the answers before `start`; the query reads every earlier
+  answer and scores answers `start .. start + every - 1`, so a learner that
+  adapts on the support re-adapts once per block of `every` answers.
+  """
+  pos = jnp.arange(questions.shape[-1])
+  real = pos < length
+  before = real & (pos < start)
+  scored = real & (pos >= start) & (pos < start + every)
+  return Task((_read(questions, answers, before), KTTarget(answers, before)),
+              (_read(questions, answers, real), KTTarget(answers, scored)))
+
+
+def _read(questions, answers, seen) -> KTInput:
+  """The input that may read the answers at `seen` positions only."""
+  return KTInput(questions, jnp.where(seen, answers, 0).astype(jnp.int8), seen)
 
 
 def cold_start_tasks(arrays: StudentArrays, k: int) -> Task:
@@ -106,9 +127,7 @@ def pool_sets(task: Task):
   """
   (xs, ys), (xq, yq) = task.support, task.query
   seen = xs.visible | xq.visible | ys.target | yq.target
-  answers = ys.answers
-  return (KTInput(xs.questions, jnp.where(seen, answers, 0).astype(jnp.int8),
-                  seen), KTTarget(answers, seen))
+  return _read(xs.questions, ys.answers, seen), KTTarget(ys.answers, seen)
 
 
 def _sample(questions, answers, lengths, support_sizes, key, *, batch_size):

@@ -147,22 +147,6 @@ def make_learner(config: Config, method: str, num_questions: int,
                **common_args)
 
 
-def online_task(questions, answers, length, start, every) -> Task:
-  """One block of the usual protocol; traceable.
-
-  The support is the answers before `start`; the query reads every earlier
-  answer and scores answers `start .. start + every - 1`.
-  """
-  pos = jnp.arange(questions.shape[-1])
-  real = pos < length
-  before = real & (pos < start)
-  read = lambda seen: students.KTInput(
-      questions, jnp.where(seen, answers, 0).astype(jnp.int8), seen)
-  scored = real & (pos >= start) & (pos < start + every)
-  return Task((read(before), students.KTTarget(answers, before)),
-              (read(real), students.KTTarget(answers, scored)))
-
-
 def scorer(learner, make_task, adapt: bool):
   """A compiled `run(meta_params, data, rows, starts) -> (probs, KTTarget)`.
 
@@ -223,7 +207,8 @@ def usual_protocol(learner, meta_params, arrays, config: Config,
   rows = [(r, s) for r, n in enumerate(arrays.lengths)
           for s in range(0, int(n), every)]
   rows, starts = np.array(rows, np.int32).T
-  run = scorer(learner, lambda q, a, n, s: online_task(q, a, n, s, every),
+  run = scorer(learner,
+               lambda q, a, n, s: students.online_task(q, a, n, s, every),
                adapt)
   p, y, _ = scored_predictions(run, meta_params, arrays, rows, starts,
                                config.eval_batch, desc, config.progress)
