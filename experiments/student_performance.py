@@ -46,6 +46,9 @@ flags.DEFINE_integer("inner_steps", _D.inner_steps,
                      "Gradient steps of adaptation and fine-tuning.")
 flags.DEFINE_float("inner_lr", _D.inner_lr,
                    "Inner learning rate of the meta-learners.")
+flags.DEFINE_float("prior_answers", _D.prior_answers,
+                   "Losses are sums over answers divided by (answers + "
+                   "this): adaptation on a few answers moves less.")
 flags.DEFINE_float("outer_lr", _D.outer_lr, "Adam learning rate.")
 flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size,
                      "Students (windows) per step.")
@@ -53,6 +56,12 @@ flags.DEFINE_integer("num_steps", _D.num_steps, "Training steps per method.")
 flags.DEFINE_integer("num_epochs", _D.num_epochs,
                      "If > 0, training epochs per method instead of "
                      "--num_steps.")
+flags.DEFINE_integer("eval_every", _D.eval_every,
+                     "Steps between validation scores; each method's "
+                     "best-scoring parameters are tested (early stopping).")
+flags.DEFINE_enum("meta_init", _D.meta_init, sp.META_INITS,
+                  "Where meta-learners start: the joint model's parameters "
+                  "or a fresh initialisation.")
 flags.DEFINE_integer("window", _D.window,
                      "Training sequences are cut into windows of this many "
                      "answers (all kept).")

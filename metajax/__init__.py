@@ -22,6 +22,7 @@ from metajax.tasks import validate_task
 from metajax.train import TrainState
 from metajax.train import init_state
 from metajax.train import make_train_step
+from metajax.train import restore_best
 from metajax.train import train
 
 __version__ = "0.1.0"

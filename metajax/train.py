@@ -196,8 +196,8 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
           workdir: Optional[str] = None, log_every: int = 100,
           checkpoint_every: int = 1000, fail_on_nonfinite: bool = True,
           eval_fn: Optional[Callable[[PyTree], Dict[str, float]]] = None,
-          eval_every: Optional[int] = None, progress: bool = True,
-          desc: str = "meta-train") -> TrainState:
+          eval_every: Optional[int] = None, keep_best: Optional[str] = None,
+          progress: bool = True, desc: str = "meta-train") -> TrainState:
   """Meta-trains `learner` for `num_steps` steps, resuming from `workdir`.
 
   Args:
@@ -217,7 +217,14 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       such steps are skipped and counted in the log.
     eval_fn: optional `eval_fn(meta_params) -> dict of floats`, run on the
       host every `eval_every` steps and logged.
-    eval_every: steps between evaluations; rounded up to `log_every`.
+    eval_every: evaluate whenever the step count passes a multiple of
+      `eval_every` (so a resumed run evaluates at the same steps), and at
+      the end.
+    keep_best: the name of an `eval_fn` metric to maximise (early stopping
+      / model selection): the meta-parameters that score best on it are
+      saved in `workdir/best/`, with their step and score in
+      `workdir/best.json`, and are loaded by `restore_best`. Needs
+      `workdir`, `eval_fn` and `eval_every`.
     progress: show a tqdm progress bar.
     desc: the progress bar's label.
 
@@ -228,6 +235,9 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
     raise ValueError(
         f"need num_steps >= 0, log_every >= 1, checkpoint_every >= 1; got "
         f"{num_steps}, {log_every}, {checkpoint_every}.")
+  if keep_best and not (workdir and eval_fn and eval_every):
+    raise ValueError(f"keep_best={keep_best!r} needs workdir, eval_fn and "
+                     f"eval_every.")
   sample_tasks = tasks_lib.sampler_tree(sample_tasks)
   example = jax.eval_shape(sample_tasks, key)
   tasks_lib.validate_task(example, batched=True)
@@ -262,7 +272,8 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
 
   bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step",
                   disable=not progress, dynamic_ncols=True)
-  since_ckpt = since_eval = 0
+  since_ckpt = 0
+  best = _BestParams(workdir, keep_best) if keep_best else None
   try:
     while int(state.step) < num_steps:
       t0 = time.perf_counter()
@@ -287,11 +298,11 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       if nonfinite.any():
         record["nonfinite_steps"] = int(nonfinite.sum())
       since_ckpt += take
-      since_eval += take
-      if eval_fn is not None and eval_every and (since_eval >= eval_every or
-                                                 step >= num_steps):
+      if eval_fn is not None and eval_every and (
+          step // eval_every > previous // eval_every or step >= num_steps):
         record.update(eval_fn(state.meta_params))
-        since_eval = 0
+        if best:
+          best.offer(step, record, state.meta_params)
       log.write(record)
       board.write(record)
       bar.update(take)
@@ -317,6 +328,58 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       manager.wait_until_finished()
       manager.close()
   return state
+
+
+class _BestParams:
+  """The best-scoring meta-parameters so far, on disk so a resume keeps them."""
+
+  def __init__(self, workdir: str, metric: str):
+    self.path = os.path.abspath(os.path.join(workdir, "best"))
+    self.info_path = os.path.join(workdir, "best.json")
+    self.metric = metric
+    self.score = -np.inf
+    if os.path.exists(self.info_path):
+      with open(self.info_path) as f:
+        self.score = json.load(f)["score"]
+
+  def offer(self, step: int, record: Dict[str, Any], meta_params) -> None:
+    if self.metric not in record:
+      raise KeyError(f"keep_best metric {self.metric!r} is not among the "
+                     f"eval_fn's metrics {sorted(record)}.")
+    score = float(record[self.metric])
+    if not score > self.score:
+      return
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(self.path, meta_params, force=True)
+    checkpointer.wait_until_finished()
+    # Written after the parameters, so best.json never names a half-saved
+    # checkpoint.
+    with open(self.info_path, "w") as f:
+      json.dump({"step": step, "metric": self.metric, "score": score}, f)
+    self.score = score
+
+
+def restore_best(workdir: str, like: PyTree):
+  """The meta-parameters `train(..., keep_best=...)` kept in `workdir`.
+
+  Args:
+    workdir: the run's directory.
+    like: a PyTree with the meta-parameters' structure, shapes and dtypes
+      (e.g. `learner.init(key)` or the final `TrainState.meta_params`).
+
+  Returns:
+    `(meta_params, info)`, info being `{"step", "metric", "score"}`.
+  """
+  info_path = os.path.join(workdir, "best.json")
+  if not os.path.exists(info_path):
+    raise FileNotFoundError(f"{info_path} does not exist: no best "
+                            f"meta-parameters were kept in {workdir}.")
+  with open(info_path) as f:
+    info = json.load(f)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  params = ocp.StandardCheckpointer().restore(
+      os.path.abspath(os.path.join(workdir, "best")), abstract)
+  return params, info
 
 
 def save_state(manager: ocp.CheckpointManager, state: TrainState) -> None:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import chex
+import jax
 import numpy as np
 import pytest
 
@@ -47,6 +49,7 @@ def _run(data_dir, workdir, *extra):
          "--model=irt", "--algorithm=maml,reptile", "--support_sizes=0,3,10",
          "--num_steps=60", "--meta_batch_size=16", "--outer_lr=0.05",
          "--bootstrap=50", "--log_every=20", "--checkpoint_every=20",
+         "--eval_every=20",
          "--progress=false", "--compilation_cache=", f"--workdir={workdir}",
          *extra]
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -88,6 +91,14 @@ def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
   assert "cold start: AUC" in stdout
   for method in ("joint", "maml", "reptile"):
     assert os.path.isdir(os.path.join(workdir, method, "checkpoints"))
+    # The tested parameters are the best-scoring on validation (here, with
+    # fold 0, the training students), among the steps evaluated.
+    selected = results["selected"][method]
+    assert selected["step"] in (20, 40, 60)
+    with open(os.path.join(workdir, method, "metrics.jsonl")) as f:
+      scores = {r["step"]: r["valid_auc"] for r in map(json.loads, f)}
+    assert selected["score"] == max(scores.values())
+    assert scores[selected["step"]] == selected["score"]
 
   # A rerun restores every method from its final checkpoint and reports the
   # same numbers.
@@ -108,11 +119,29 @@ def test_dkt_model_runs_in_process(third_dataset, tmp_path):
   assert np.isfinite(results["usual_protocol"]["maml"]["auc"])
 
 
+def test_meta_learners_can_start_from_the_joint_parameters():
+  config = sp.Config(window=20)
+  joint = sp.make_learner(config, "joint", 30)
+  start = joint.init(jax.random.PRNGKey(1))["params"]
+  meta_sgd = sp.make_learner(config, "meta_sgd", 30)
+  fresh = meta_sgd.init(jax.random.PRNGKey(2))
+  started = sp._starting_from(meta_sgd, start).init(jax.random.PRNGKey(2))
+  chex.assert_trees_all_equal(started["params"], start)
+  # Meta-SGD's learned rates start where they would have.
+  chex.assert_trees_all_equal(started["lr"], fresh["lr"])
+  assert not np.array_equal(fresh["params"]["params"]["item_profile"][
+      "embedding"], start["params"]["item_profile"]["embedding"])
+
+
 def test_bad_config_and_bad_files_are_reported(tmp_path):
   with pytest.raises(ValueError, match="model must be one of"):
     sp.Config(model="bkt").validate()
   with pytest.raises(ValueError, match=r"unknown algorithms \['anil'\]"):
     sp.Config(algorithms=("anil",)).validate()
+  with pytest.raises(ValueError, match="meta_init must be one of"):
+    sp.Config(meta_init="imagenet").validate()
+  with pytest.raises(ValueError, match="prior_answers must be >= 0"):
+    sp.Config(prior_answers=-1.0).validate()
   folder = tmp_path / "broken"
   folder.mkdir()
   (folder / "broken_train.csv").write_text("2\n1,2\n0,1\n2\n1,2\n0,7\n")

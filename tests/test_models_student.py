@@ -75,7 +75,11 @@ def test_masked_bce():
   p = jax.nn.sigmoid(logits[:3])
   expected = -np.mean(np.log([p[0], 1 - p[1], 1 - p[2]]))
   assert float(masked_bce(logits, y)) == pytest.approx(expected, rel=1e-5)
+  # prior_answers=2 divides the 3 answers' sum by 3 + 2.
+  assert float(masked_bce(logits, y, 2.0)) == pytest.approx(
+      expected * 3 / 5, rel=1e-5)
   none = KTTarget(y.answers, jnp.zeros(4, bool))
-  assert float(masked_bce(logits, none)) == 0.0
-  grad = jax.grad(lambda l: masked_bce(l, none))(logits)
-  assert not np.asarray(grad).any()
+  for prior in (0.0, 2.0):
+    assert float(masked_bce(logits, none, prior)) == 0.0
+    grad = jax.grad(lambda l: masked_bce(l, none, prior))(logits)
+    assert not np.asarray(grad).any()

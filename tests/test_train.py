@@ -141,3 +141,42 @@ def test_tensorboard_events_hold_the_logged_metrics(tmp_path):
   assert [e.step for e in loss] == [5, 10]
   assert [pytest.approx(e.value) for e in loss] == [
       r["loss"] for r in _log(str(tmp_path))]
+
+
+def _scored_eval(scores):
+  """An eval_fn reporting the next of `scores`, and the parameters it saw."""
+  calls = []
+
+  def eval_fn(meta_params):
+    calls.append(jax.tree.map(np.asarray, meta_params))
+    return {"score": scores[len(calls) - 1]}
+  return eval_fn, calls
+
+
+def test_keep_best_keeps_the_best_scoring_parameters_across_a_resume(
+    tmp_path):
+  scores = [0.1, 0.5, 0.3, 0.2, 0.4, 0.0]
+  eval_fn, seen = _scored_eval(scores)
+  part = str(tmp_path / "part")
+  _train(part, 15, eval_fn=eval_fn, eval_every=5, keep_best="score")
+  # The resumed call evaluates at steps 20, 25, 30 with the later scores.
+  resumed_fn, resumed_seen = _scored_eval(scores[3:])
+  final = _train(part, 30, eval_fn=resumed_fn, eval_every=5,
+                 keep_best="score")
+  assert [r["step"] for r in _log(part) if "score" in r] == [5, 10, 15, 20,
+                                                             25, 30]
+  params, info = metajax.restore_best(part, final.meta_params)
+  assert info == {"step": 10, "metric": "score", "score": 0.5}
+  chex.assert_trees_all_close(params, seen[1])
+  assert len(seen) + len(resumed_seen) == 6
+
+
+def test_keep_best_errors(tmp_path):
+  eval_fn, _ = _scored_eval([0.0] * 10)
+  with pytest.raises(ValueError, match="keep_best='score' needs workdir"):
+    _train(None, 10, eval_fn=eval_fn, eval_every=5, keep_best="score")
+  with pytest.raises(KeyError, match="'auc' is not among"):
+    _train(str(tmp_path / "a"), 10, eval_fn=eval_fn, eval_every=5,
+           keep_best="auc")
+  with pytest.raises(FileNotFoundError, match="no best meta-parameters"):
+    metajax.restore_best(str(tmp_path / "b"), {})

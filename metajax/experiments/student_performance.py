@@ -13,7 +13,10 @@ For one knowledge-tracing dataset (three-line files, see
   maml, meta_sgd, reptile
             meta-learned personalisation on cold-start tasks (support = a
             student's first k answers, k drawn from `support_sizes`), with
-            the same inner loop (steps and rate) as fine-tuning;
+            the same inner loop (steps and rate) as fine-tuning, starting
+            from the joint model's parameters (`meta_init="joint"`, the
+            pre-train-then-meta-train recipe) or from a fresh
+            initialisation;
 
 and evaluates on the test students, who never appear in training:
 
@@ -25,15 +28,22 @@ and evaluates on the test students, who never appear in training:
                   answers, predict all later answers from those k alone; AUC
                   with a 95% bootstrap interval over students.
 
+Every `eval_every` steps each method is scored on the validation students,
+and the best-scoring parameters are the ones tested (early stopping; see
+`_validation_score` for the criteria): with a few hundred training students,
+every model here overfits if trained long enough.
+
 Training sequences are cut into windows of `window` answers (every answer
 kept, see `knowledge_tracing.window`); each window is a training task. Test
 students are used whole.
 
 Files written to `workdir`: results.json, cold_start.png and, per trained
-method, `<method>/metrics.jsonl` and orbax checkpoints (a rerun resumes).
+method, `<method>/metrics.jsonl`, orbax checkpoints (a rerun resumes) and
+the selected parameters in `<method>/best/`.
 """
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Dict, Optional, Tuple
@@ -54,12 +64,14 @@ from metajax.models.student import StudentModel
 from metajax.models.student import masked_bce
 from metajax.models.student import student_mask
 from metajax.tasks import Task
+from metajax.train import restore_best
 from metajax.train import train
 
 MODELS = ("irt", "dkt")
 META_ALGORITHMS = ("maml", "meta_sgd", "reptile")
 # Fine-tuning rates tried on the validation students; the best one is used.
 FINETUNE_LRS = (0.1, 0.3, 1.0, 3.0, 10.0)
+META_INITS = ("joint", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +93,13 @@ class Config:
   support_sizes: Tuple[int, ...] = (0, 3, 5, 10, 20)
   inner_steps: int = 5
   inner_lr: float = 1.0
+  prior_answers: float = 20.0
   outer_lr: float = 1e-3
   meta_batch_size: int = 32
   num_steps: int = 2000
   num_epochs: int = 0
+  eval_every: int = 250
+  meta_init: str = "joint"
   window: int = 200
   hidden: int = 100
   embed_dim: int = 64
@@ -108,9 +123,15 @@ class Config:
       raise ValueError(f"support_sizes must be non-negative, got "
                        f"{self.support_sizes}.")
     for name in ("inner_steps", "meta_batch_size", "num_steps", "window",
-                 "online_every", "eval_batch"):
+                 "online_every", "eval_batch", "eval_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    if self.prior_answers < 0:
+      raise ValueError(f"prior_answers must be >= 0, got "
+                       f"{self.prior_answers}.")
+    if self.meta_init not in META_INITS:
+      raise ValueError(f"meta_init must be one of {META_INITS}, got "
+                       f"{self.meta_init!r}.")
     if self.fold not in range(0, 6):
       raise ValueError(f"fold must be 0 (no validation) or 1..5, got "
                        f"{self.fold}.")
@@ -133,17 +154,18 @@ def make_learner(config: Config, method: str, num_questions: int,
                            jnp.zeros(length, jnp.int8),
                            jnp.zeros(length, bool))
   init_fn = lambda key: model.init(key, dummy)
+  loss = functools.partial(masked_bce, prior_answers=config.prior_answers)
   lr = config.inner_lr if lr is None else lr
   common_args = dict(steps=config.inner_steps, lr=lr)
   if method == "joint":
-    return algorithms.joint(init_fn, model.apply, masked_bce,
+    return algorithms.joint(init_fn, model.apply, loss,
                             adapt_mask=student_mask, pool=students.pool_sets,
                             **common_args)
   if method == "reptile":
-    return algorithms.reptile(init_fn, model.apply, masked_bce,
+    return algorithms.reptile(init_fn, model.apply, loss,
                               pool=students.pool_sets, **common_args)
   build = getattr(algorithms, method)
-  return build(init_fn, model.apply, masked_bce, adapt_mask=student_mask,
+  return build(init_fn, model.apply, loss, adapt_mask=student_mask,
                **common_args)
 
 
@@ -236,6 +258,39 @@ def cold_start(learner, meta_params, arrays, config: Config, adapt: bool,
           for k, (p, y, who) in predictions.items()}
 
 
+def _starting_from(learner, params):
+  """`learner` with its model parameters initialised to `params`."""
+  def init(key):
+    return {**learner.init(key), "params": params}
+  return learner._replace(init=init)
+
+
+def _validation_score(learner, method: str, valid, config: Config):
+  """The model-selection score of `method` on the validation students.
+
+  The jointly trained model is selected as knowledge-tracing models usually
+  are: by AUC over all validation answers, each from all earlier ones (no
+  adaptation). A meta-learner is selected on what it is trained for: the
+  cold-start AUC after adapting on the first k answers, averaged over the
+  support sizes k > 0.
+  """
+  config = dataclasses.replace(config, progress=False)
+  if method == "joint":
+    def score(meta_params):
+      return {"valid_auc": usual_protocol(learner, meta_params, valid,
+                                          config, adapt=False)["auc"]}
+    return score
+  sizes = tuple(k for k in config.support_sizes if k > 0) or (0,)
+  config = dataclasses.replace(config, support_sizes=sizes)
+
+  def score(meta_params):
+    predictions = cold_start_predictions(learner, meta_params, valid, config,
+                                         adapt=True)
+    return {"valid_auc": float(np.mean([binary_metrics(p, y)["auc"]
+                                        for p, y, _ in predictions.values()]))}
+  return score
+
+
 def _finetune_lr(config, joint_params, valid, num_questions) -> Dict:
   """Picks the fine-tuning rate with the best validation cold-start AUC."""
   scores = {}
@@ -296,17 +351,23 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
     num_steps = config.num_epochs * -(-train_arrays.num_students //
                                       config.meta_batch_size)
 
-  methods, train_time = {}, {}
+  methods, train_time, selected = {}, {}, {}
   for method in ("joint",) + tuple(config.algorithms):
     t0 = time.perf_counter()
+    learner = make_learner(config, method, nq)
+    if method != "joint" and config.meta_init == "joint":
+      learner = _starting_from(learner, methods["joint"]["params"])
+    method_dir = os.path.join(workdir, method)
     state = train(
-        make_learner(config, method, nq), optax.adam(config.outer_lr),
-        sampler, key=train_key, num_steps=num_steps,
-        workdir=os.path.join(workdir, method), log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every, progress=config.progress,
-        desc=method)
+        learner, optax.adam(config.outer_lr), sampler, key=train_key,
+        num_steps=num_steps, workdir=method_dir, log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        eval_fn=_validation_score(learner, method, valid_arrays, config),
+        eval_every=config.eval_every, keep_best="valid_auc",
+        progress=config.progress, desc=method)
+    methods[method], selected[method] = restore_best(method_dir,
+                                                     state.meta_params)
     train_time[method] = time.perf_counter() - t0
-    methods[method] = state.meta_params
 
   finetune = _finetune_lr(config, methods["joint"], valid_arrays, nq)
   rows = {"none": (make_learner(config, "joint", nq), methods["joint"], False),
@@ -331,6 +392,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
       "cold_start": {name: {str(k): v for k, v in table.items()}
                      for name, table in cold.items()},
       "finetune": finetune,
+      "selected": selected,
       "num_steps": num_steps,
       "train_time_s": train_time,
       "wall_time_s": time.perf_counter() - start,
@@ -353,7 +415,7 @@ def format_results(results: Dict) -> str:
                "[95% bootstrap CI]")
   lines.append("  " + " " * 10 + "".join(f"{'k=' + k:>24s}" for k in ks))
   for name, table in results["cold_start"].items():
-    cells = "".join(f"{t['auc']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}]"
+    cells = "".join(f"{t['auc']:.4f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}]"
                     .rjust(24) for t in table.values())
     lines.append(f"  {name:10s}{cells}")
   return "\n".join(lines)

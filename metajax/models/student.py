@@ -105,13 +105,21 @@ def student_mask(params):
   return inner.mask_by_path(params, lambda path: "/student/" in f"/{path}/")
 
 
-def masked_bce(logits: jax.Array, y) -> jax.Array:
-  """Mean binary cross-entropy over the `target` positions of `KTTarget` y.
+def masked_bce(logits: jax.Array, y, prior_answers: float = 0.0
+               ) -> jax.Array:
+  """Binary cross-entropy over the `target` positions of `KTTarget` y.
 
-  Zero when no position is a target (e.g. a support set of size 0), so an
-  empty support set leaves the parameters unchanged.
+  The sum over the n target answers divided by `n + prior_answers`. With
+  `prior_answers = 0` this is the mean. With `prior_answers > 0` it is a
+  mean over long sequences but close to a sum over a few answers, so an
+  adaptation step grows with the evidence, as a posterior estimate of a
+  student's ability should: three support answers move `theta` about
+  3 / (3 + prior_answers) as far as a long history does, instead of as far.
+  Zero (with zero gradient) when no position is a target, e.g. an empty
+  support set, which leaves adapted parameters unchanged.
   """
   answers = y.answers.astype(logits.dtype)
-  losses = (jax.nn.softplus(logits) - answers * logits)
-  weight = y.target.astype(logits.dtype)
-  return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+  losses = jnp.where(y.target, jax.nn.softplus(logits) - answers * logits,
+                     0.0)
+  count = jnp.sum(y.target.astype(logits.dtype))
+  return jnp.sum(losses) / jnp.maximum(count + prior_answers, 1.0)
