@@ -87,6 +87,15 @@ def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
   none = results["cold_start"]["none"]
   assert none["0"]["n"] > none["3"]["n"] > none["10"]["n"]
   assert results["finetune"]["lr"] in sp.FINETUNE_LRS
+  # Paired gains of each meta-learner over both baselines, per k.
+  for name in ("maml", "reptile"):
+    for base in ("none", "finetune"):
+      for k, cell in results["cold_start_gain"][name][base].items():
+        assert cell["gain"] == pytest.approx(
+            results["cold_start"][name][k]["auc"] -
+            results["cold_start"][base][k]["auc"], abs=1e-12)
+        assert cell["ci_low"] <= cell["gain"] <= cell["ci_high"]
+  assert "gain over finetune" in stdout
   assert os.path.getsize(os.path.join(workdir, "cold_start.png")) > 10_000
   assert "cold start: AUC" in stdout
   for method in ("joint", "maml", "reptile"):
@@ -105,6 +114,7 @@ def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
   again, _ = _run(data_dir, workdir)
   assert again["usual_protocol"] == results["usual_protocol"]
   assert again["cold_start"] == results["cold_start"]
+  assert again["cold_start_gain"] == results["cold_start_gain"]
 
 
 def test_dkt_model_runs_in_process(third_dataset, tmp_path):

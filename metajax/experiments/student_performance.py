@@ -59,6 +59,7 @@ from metajax.data import knowledge_tracing as kt
 from metajax.data import students
 from metajax.evaluate import binary_metrics
 from metajax.evaluate import bootstrap_auc
+from metajax.evaluate import bootstrap_auc_gain
 from metajax.experiments import common
 from metajax.models.student import StudentModel
 from metajax.models.student import masked_bce
@@ -248,14 +249,28 @@ def cold_start_predictions(learner, meta_params, arrays, config: Config,
           for k in config.support_sizes}
 
 
-def cold_start(learner, meta_params, arrays, config: Config, adapt: bool,
-               desc: str = "") -> Dict[int, Dict[str, float]]:
-  """Per support size k: AUC on the answers after the first k, bootstrap CI."""
-  predictions = cold_start_predictions(learner, meta_params, arrays, config,
-                                       adapt, desc)
+def cold_start_table(predictions: Dict, config: Config
+                     ) -> Dict[int, Dict[str, float]]:
+  """Per support size k: AUC on the answers after the first k, bootstrap CI.
+
+  `predictions` is `cold_start_predictions`' output.
+  """
   return {k: bootstrap_auc(p, y, who, reps=config.bootstrap,
                            seed=config.seed)
           for k, (p, y, who) in predictions.items()}
+
+
+def cold_start_gains(predictions: Dict, baseline: Dict, config: Config
+                     ) -> Dict[int, Dict[str, float]]:
+  """Per k: the AUC gain over `baseline`'s predictions, paired bootstrap."""
+  gains = {}
+  for k, (p, y, who) in predictions.items():
+    base_p, base_y, base_who = baseline[k]
+    if not (np.array_equal(y, base_y) and np.array_equal(who, base_who)):
+      raise ValueError(f"k={k}: the two methods scored different answers.")
+    gains[k] = bootstrap_auc_gain(p, base_p, y, who, reps=config.bootstrap,
+                                  seed=config.seed)
+  return gains
 
 
 def _starting_from(learner, params):
@@ -376,12 +391,17 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
   for method in config.algorithms:
     rows[method] = (make_learner(config, method, nq), methods[method], True)
 
-  usual, cold = {}, {}
+  usual, cold, predictions = {}, {}, {}
   for name, (learner, params, adapt) in rows.items():
     usual[name] = usual_protocol(learner, params, test_arrays, config, adapt,
                                  desc=f"{name}, usual protocol")
-    cold[name] = cold_start(learner, params, test_arrays, config, adapt,
-                            desc=f"{name}, cold start")
+    predictions[name] = cold_start_predictions(
+        learner, params, test_arrays, config, adapt, f"{name}, cold start")
+    cold[name] = cold_start_table(predictions[name], config)
+  gains = {name: {base: {str(k): v for k, v in cold_start_gains(
+      predictions[name], predictions[base], config).items()}
+                  for base in ("none", "finetune")}
+           for name in config.algorithms}
 
   title = f"{config.model} on {data.name}: cold-start personalisation"
   _plot(os.path.join(workdir, "cold_start.png"), cold, config, title)
@@ -391,6 +411,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
       "usual_protocol": usual,
       "cold_start": {name: {str(k): v for k, v in table.items()}
                      for name, table in cold.items()},
+      "cold_start_gain": gains,
       "finetune": finetune,
       "selected": selected,
       "num_steps": num_steps,
@@ -418,5 +439,15 @@ def format_results(results: Dict) -> str:
     cells = "".join(f"{t['auc']:.4f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}]"
                     .rjust(24) for t in table.values())
     lines.append(f"  {name:10s}{cells}")
+  gains = results.get("cold_start_gain", {})
+  for base in ("none", "finetune"):
+    if gains:
+      lines.append(f"cold-start AUC gain over {base} [paired bootstrap 95% "
+                   f"CI over students]")
+    for name, versus in gains.items():
+      cells = "".join(f"{t['gain']:+.4f} [{t['ci_low']:+.3f},"
+                      f"{t['ci_high']:+.3f}]".rjust(24)
+                      for t in versus[base].values())
+      lines.append(f"  {name:10s}{cells}")
   return "\n".join(lines)
 
