@@ -295,29 +295,26 @@ def _validation_score(learner, method: str, valid, config: Config):
       return {"valid_auc": usual_protocol(learner, meta_params, valid,
                                           config, adapt=False)["auc"]}
     return score
-  sizes = tuple(k for k in config.support_sizes if k > 0) or (0,)
-  config = dataclasses.replace(config, support_sizes=sizes)
+  return lambda meta_params: {"valid_auc": _mean_cold_start_auc(
+      learner, meta_params, valid, config)}
 
-  def score(meta_params):
-    predictions = cold_start_predictions(learner, meta_params, valid, config,
-                                         adapt=True)
-    return {"valid_auc": float(np.mean([binary_metrics(p, y)["auc"]
-                                        for p, y, _ in predictions.values()]))}
-  return score
+
+def _mean_cold_start_auc(learner, meta_params, valid, config: Config,
+                         desc: str = "") -> float:
+  """Validation cold-start AUC after adapting, averaged over the k > 0."""
+  sizes = tuple(k for k in config.support_sizes if k > 0) or (0,)
+  predictions = cold_start_predictions(
+      learner, meta_params, valid,
+      dataclasses.replace(config, support_sizes=sizes), adapt=True, desc=desc)
+  return float(np.mean([binary_metrics(p, y)["auc"]
+                        for p, y, _ in predictions.values()]))
 
 
 def _finetune_lr(config, joint_params, valid, num_questions) -> Dict:
   """Picks the fine-tuning rate with the best validation cold-start AUC."""
-  scores = {}
-  sizes = tuple(k for k in config.support_sizes if k > 0) or (0,)
-  for lr in FINETUNE_LRS:
-    learner = make_learner(config, "joint", num_questions, lr=lr)
-    predictions = cold_start_predictions(
-        learner, joint_params, valid, dataclasses.replace(
-            config, support_sizes=sizes), adapt=True,
-        desc=f"fine-tuning lr {lr}")
-    scores[lr] = float(np.mean([binary_metrics(p, y)["auc"]
-                                for p, y, _ in predictions.values()]))
+  scores = {lr: _mean_cold_start_auc(
+      make_learner(config, "joint", num_questions, lr=lr), joint_params,
+      valid, config, desc=f"fine-tuning lr {lr}") for lr in FINETUNE_LRS}
   best = max(scores, key=scores.get)
   return {"lr": best, "validation_auc": scores}
 
