@@ -13,13 +13,16 @@ steps, appended to `metrics.jsonl` (and to TensorBoard event files in
 progress bar. Orbax
 checkpoints are written every `checkpoint_every` steps and at the end, and a
 run restarted with the same `workdir` resumes from the latest one.
+
+Given a `mesh` (`metajax.sharding.task_mesh()`), each meta-batch is split over
+the mesh's devices, on one host or several, with the state replicated.
 """
 
 import json
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +31,11 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from metajax import sharding as sharding_lib
 from metajax import tasks as tasks_lib
 from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import map_tasks
+from metajax.algorithms.base import resolve_task_chunk
 
 PyTree = Any
 TaskSampler = Callable[[jax.Array], tasks_lib.Task]
@@ -71,8 +77,9 @@ def _all_finite(tree) -> jax.Array:
 
 def make_train_step(learner: MetaLearner,
                     optimizer: optax.GradientTransformation, *,
-                    num_steps: int, halt_on_nonfinite: bool = True
-                    ) -> Callable:
+                    num_steps: int, halt_on_nonfinite: bool = True,
+                    mesh: Optional[jax.sharding.Mesh] = None,
+                    task_chunk: Union[int, str, None] = None) -> Callable:
   """Builds the jit-compiled function that runs `num_steps` meta-steps.
 
   Args:
@@ -82,6 +89,15 @@ def make_train_step(learner: MetaLearner,
     halt_on_nonfinite: once a step is non-finite, leave the state untouched
       for the rest of the call (the caller then stops); otherwise skip only
       the offending updates and go on.
+    mesh: optional 1-D mesh over a "tasks" axis (`metajax.sharding.task_mesh`):
+      each sampled task batch is split over its devices, whose number must
+      divide the batch size, and the returned state and metrics are
+      replicated on all of them. Pass the state and the sampler replicated
+      (`metajax.sharding.replicate`). None runs on one device.
+    task_chunk: compute each meta-gradient this many tasks at a time
+      (`metajax.algorithms.map_tasks`), "auto" (one task at a time on the
+      CPU, the whole batch vmapped elsewhere; `resolve_task_chunk`), or None
+      to vmap the whole batch. Not combined with a `mesh`.
 
   Returns:
     `step_fn(state, sample_tasks, stop_at) -> (state, metrics)`: runs up to
@@ -91,9 +107,21 @@ def make_train_step(learner: MetaLearner,
     inside the compiled step. Each metric is stacked over the
     `num_steps` slots, with "ran" (bool `[num_steps]`) marking real steps.
   """
+  chunk = resolve_task_chunk(task_chunk)
+  if chunk is not None:
+    if mesh is not None:
+      raise ValueError(
+          f"task_chunk={task_chunk!r} maps over the tasks that a mesh splits "
+          f"over devices; pass task_chunk=None with a mesh.")
+    learner = map_tasks(learner, chunk)
+
   def one_step(state: TrainState, sample_tasks):
     key, task_key, grad_key = jax.random.split(state.key, 3)
     tasks = sample_tasks(task_key)
+    if mesh is not None:
+      # Every device samples and adapts only its own slice of the batch; the
+      # mean over tasks in `meta_grad` becomes an all-reduce.
+      tasks = sharding_lib.shard_tasks(tasks, mesh)
     grads, metrics = learner.meta_grad(state.meta_params, tasks, grad_key)
     finite = _all_finite(grads) & _all_finite(metrics)
     updates, opt_state = optimizer.update(grads, state.opt_state,
@@ -125,12 +153,15 @@ def make_train_step(learner: MetaLearner,
     state, metrics = jax.lax.cond(halted, skip, take_step, state)
     return state, dict(metrics, ran=~halted)
 
-  @jax.jit
   def step_fn(state, sample_tasks, stop_at):
     return jax.lax.scan(lambda s, _: body(s, sample_tasks, stop_at), state,
                         None, length=num_steps)
 
-  return step_fn
+  if mesh is None:
+    return jax.jit(step_fn)
+  # Pinned so that the state stays replicated from call to call (and in the
+  # checkpoints), and metrics can be read on any host.
+  return jax.jit(step_fn, out_shardings=sharding_lib.replicated(mesh))
 
 
 class _MetricsLog:
@@ -197,7 +228,9 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
           checkpoint_every: int = 1000, fail_on_nonfinite: bool = True,
           eval_fn: Optional[Callable[[PyTree], Dict[str, float]]] = None,
           eval_every: Optional[int] = None, keep_best: Optional[str] = None,
-          progress: bool = True, desc: str = "meta-train") -> TrainState:
+          progress: bool = True, desc: str = "meta-train",
+          mesh: Optional[jax.sharding.Mesh] = None,
+          task_chunk: Union[int, str, None] = None) -> TrainState:
   """Meta-trains `learner` for `num_steps` steps, resuming from `workdir`.
 
   Args:
@@ -216,7 +249,9 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       meta-gradient (after checkpointing the last finite state); otherwise
       such steps are skipped and counted in the log.
     eval_fn: optional `eval_fn(meta_params) -> dict of floats`, run on the
-      host every `eval_every` steps and logged.
+      host every `eval_every` steps and logged. With a `mesh` it gets the
+      meta-parameters on one local device (`metajax.sharding.local_copy`),
+      so evaluation code written for one device runs unchanged.
     eval_every: evaluate whenever the step count passes a multiple of
       `eval_every` (so a resumed run evaluates at the same steps), and at
       the end.
@@ -227,9 +262,18 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       `workdir`, `eval_fn` and `eval_every`.
     progress: show a tqdm progress bar.
     desc: the progress bar's label.
+    mesh: optional 1-D mesh over a "tasks" axis
+      (`metajax.sharding.task_mesh()`): each meta-batch is split over its
+      devices, whose number must divide the meta-batch size; the state and
+      the sampler's arrays are replicated on all of them. The result equals
+      the one-device run's up to float32 summation order. On several hosts
+      (after `jax.distributed.initialize()`) every process calls `train` with
+      the same arguments.
+    task_chunk: tasks per pass of the meta-gradient, as in
+      `make_train_step`; "auto" is fastest for convolutional models on a CPU.
 
   Returns:
-    The final `TrainState`.
+    The final `TrainState` (replicated over `mesh` when one is given).
   """
   if num_steps < 0 or log_every < 1 or checkpoint_every < 1:
     raise ValueError(
@@ -243,6 +287,13 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
   tasks_lib.validate_task(example, batched=True)
   n_tasks = tasks_lib.num_tasks(example)
   state = init_state(learner, optimizer, key)
+  stop_at = jnp.int32(num_steps)
+  if mesh is not None:
+    sharding_lib.check_divisible(n_tasks, mesh)
+    # Placed once here rather than copied by every compiled call; a restored
+    # checkpoint takes the sharding of `state`.
+    state, sample_tasks, stop_at = sharding_lib.replicate(
+        (state, sample_tasks, stop_at), mesh)
 
   manager = None
   if workdir:
@@ -254,17 +305,19 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       # nonfinite_step reports on this call only: a run that halted is
       # resumed to retry the step it stopped at.
       state = restore_state(manager, state)._replace(
-          nonfinite_step=jnp.int32(-1))
+          nonfinite_step=jnp.full_like(state.nonfinite_step, -1))
   start = int(state.step)
-  log = _MetricsLog(os.path.join(workdir, "metrics.jsonl") if workdir
+  # On several hosts every process runs this loop; one writes the logs.
+  logdir = workdir if jax.process_index() == 0 else None
+  log = _MetricsLog(os.path.join(logdir, "metrics.jsonl") if logdir
                     else None, start)
-  board = _TensorBoardLog(os.path.join(workdir, "tensorboard") if workdir
+  board = _TensorBoardLog(os.path.join(logdir, "tensorboard") if logdir
                           else None)
   t0 = time.perf_counter()
-  stop_at = jnp.int32(num_steps)
   step_fn = make_train_step(
       learner, optimizer, num_steps=log_every,
-      halt_on_nonfinite=fail_on_nonfinite).lower(
+      halt_on_nonfinite=fail_on_nonfinite, mesh=mesh,
+      task_chunk=task_chunk).lower(
           state, sample_tasks, stop_at).compile()
   compile_s = time.perf_counter() - t0
   logging.info("%s: compiled %d meta-steps per call in %.1f s", desc,
@@ -300,7 +353,9 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       since_ckpt += take
       if eval_fn is not None and eval_every and (
           step // eval_every > previous // eval_every or step >= num_steps):
-        record.update(eval_fn(state.meta_params))
+        record.update(eval_fn(
+            state.meta_params if mesh is None
+            else sharding_lib.local_copy(state.meta_params)))
         if best:
           best.offer(step, record, state.meta_params)
       log.write(record)
@@ -353,9 +408,10 @@ class _BestParams:
     checkpointer.save(self.path, meta_params, force=True)
     checkpointer.wait_until_finished()
     # Written after the parameters, so best.json never names a half-saved
-    # checkpoint.
-    with open(self.info_path, "w") as f:
-      json.dump({"step": step, "metric": self.metric, "score": score}, f)
+    # checkpoint; by one process, as every host saves the same parameters.
+    if jax.process_index() == 0:
+      with open(self.info_path, "w") as f:
+        json.dump({"step": step, "metric": self.metric, "score": score}, f)
     self.score = score
 
 

@@ -37,6 +37,38 @@ def test_maml_meta_grad_is_the_gradient_of_the_mean_task_loss():
       for t in per_task]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_map_tasks_computes_the_batch_meta_gradient(chunk):
+  learner = _learner(steps=2, lr=0.1)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 6)
+  key = jax.random.PRNGKey(2)
+  grads, metrics = learner.meta_grad(meta_params, tasks, key)
+  mapped = jax.jit(algorithms.map_tasks(learner, chunk).meta_grad)
+  chunk_grads, chunk_metrics = mapped(meta_params, tasks, key)
+  chex.assert_trees_all_close(chunk_grads, grads, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(chunk_metrics["loss"], metrics["loss"],
+                             rtol=1e-6)
+
+
+def test_map_tasks_errors_and_auto_chunk():
+  learner = _learner(steps=1, lr=0.1)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="6 tasks cannot be cut into chunks "
+                     "of 4"):
+    algorithms.map_tasks(learner, 4).meta_grad(
+        meta_params, tiny_tasks(jax.random.PRNGKey(1), 6), None)
+  with pytest.raises(ValueError, match="chunk must be an int >= 1"):
+    algorithms.map_tasks(learner, 0)
+  on_cpu = jax.default_backend() == "cpu"
+  assert algorithms.resolve_task_chunk("auto") == (1 if on_cpu else None)
+  assert algorithms.resolve_task_chunk(0) is None
+  assert algorithms.resolve_task_chunk(None) is None
+  assert algorithms.resolve_task_chunk(4) == 4
+  with pytest.raises(ValueError, match="task chunk must be"):
+    algorithms.resolve_task_chunk(-1)
+
+
 def test_adapt_then_predict_lowers_the_support_loss():
   learner = _learner(steps=5, lr=0.1)
   meta_params = learner.init(jax.random.PRNGKey(0))

@@ -71,6 +71,23 @@ def test_conv4_shapes_and_head(downsample, width):
       10, width)
 
 
+def test_conv4_without_norm_is_conv_relu_blocks():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 28, 28, 1))
+  model = models.Conv4(num_outputs=5, width=4, norm="none")
+  variables = model.init(jax.random.PRNGKey(1), x)
+  assert not any("TaskBatchNorm" in k for k in variables["params"])
+  # Rebuilt by hand from the same kernels: 4 x [conv stride 2, ReLU], mean, head.
+  h, p = x, variables["params"]
+  for i in range(4):
+    h = jax.nn.relu(models.conv2d(h, p[f"Conv_{i}"]["kernel"], 2, impl="native")
+                    + p[f"Conv_{i}"]["bias"])
+  want = h.mean(axis=(1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
+  np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-4,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="norm"):
+    models.Conv4(num_outputs=5, norm="layer").init(jax.random.PRNGKey(1), x)
+
+
 def test_conv4_impls_agree_end_to_end():
   x = jax.random.normal(jax.random.PRNGKey(0), (6, 28, 28, 1))
   fast = models.Conv4(num_outputs=5, width=8, impl="patches")

@@ -76,6 +76,25 @@ def test_chunking_does_not_change_the_result(tmp_path):
   chex.assert_trees_all_close(a.meta_params, b.meta_params, rtol=1e-6)
 
 
+@pytest.mark.parametrize("task_chunk", [1, 2, "auto"])
+def test_task_chunks_give_the_vmapped_result(task_chunk):
+  """Meta-gradients taken a chunk of tasks at a time (4 tasks a batch)."""
+  whole = _train(None, 10)
+  chunked = _train(None, 10, task_chunk=task_chunk)
+  chex.assert_trees_all_close(whole.meta_params, chunked.meta_params,
+                              rtol=1e-5, atol=1e-6)
+
+
+def test_task_chunk_errors():
+  with pytest.raises(ValueError, match="meta-batch of 4 tasks cannot be cut "
+                     "into chunks of 3"):
+    _train(None, 1, task_chunk=3)
+  with pytest.raises(ValueError, match="task chunk must be"):
+    _train(None, 1, task_chunk="fast")
+  with pytest.raises(ValueError, match="pass task_chunk=None with a mesh"):
+    _train(None, 1, task_chunk=2, mesh=metajax.task_mesh())
+
+
 def test_loss_decreases_on_sinusoids():
   state = _train(None, 1000, log_every=250)
   learner = _learner()

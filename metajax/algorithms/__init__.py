@@ -5,7 +5,9 @@ from metajax.algorithms.base import accuracy
 from metajax.algorithms.base import batch_mean_grad
 from metajax.algorithms.base import classification_metrics
 from metajax.algorithms.base import cross_entropy
+from metajax.algorithms.base import map_tasks
 from metajax.algorithms.base import mse
+from metajax.algorithms.base import resolve_task_chunk
 from metajax.algorithms.base import supervised_loss
 from metajax.algorithms.joint import joint
 from metajax.algorithms.maml import anil

@@ -7,7 +7,7 @@ variants, joint pre-training and later metric-based or amortised learners all
 run through the same loop.
 """
 
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,55 @@ def supervised_loss(apply_fn: Callable, loss: Callable) -> Callable:
     x, y = batch
     return loss(apply_fn(params, x), y)
   return loss_fn
+
+
+def resolve_task_chunk(chunk: Union[int, str, None]) -> Optional[int]:
+  """The chunk size `map_tasks` uses for `chunk`: "auto" is 1 on the CPU.
+
+  On a CPU, one task's activations fit in the caches while a whole batch's
+  do not: with conv4, a meta-step that maps over tasks one at a time runs
+  about 3x faster than one vmapped over 32 tasks (benchmarks/meta_step.py).
+  GPUs and TPUs want the whole batch at once, so "auto" is None there.
+  None or 0 keeps the batch vmapped; an int >= 1 is a chunk size.
+  """
+  if chunk == "auto":
+    return 1 if jax.default_backend() == "cpu" else None
+  if chunk is None or chunk == 0:
+    return None
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+    raise ValueError(
+        f"task chunk must be 'auto', None or an int >= 0, got {chunk!r}.")
+  return chunk
+
+
+def map_tasks(learner: MetaLearner, chunk: int) -> MetaLearner:
+  """`learner` with its meta-gradient computed `chunk` tasks at a time.
+
+  The batch `[B, ...]` is cut into B / chunk chunks; `jax.lax.map` runs the
+  learner's own `meta_grad` on one chunk after another, and the chunks'
+  gradients and metrics are averaged. Every `meta_grad` is a mean over its
+  tasks, so this is the batch's meta-gradient, equal to the vmapped one up to
+  float summation order, with the working set of one chunk (see
+  `resolve_task_chunk`). Each chunk's `meta_grad` gets its own key, split
+  from the step's key. `adapt` and `predict` are unchanged.
+  """
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    raise ValueError(f"chunk must be an int >= 1, got {chunk!r}.")
+
+  def meta_grad(meta_params, tasks, key):
+    n = tasks_lib.num_tasks(tasks)
+    if n % chunk:
+      raise ValueError(
+          f"a meta-batch of {n} tasks cannot be cut into chunks of {chunk}; "
+          f"use a chunk size that divides the meta-batch size.")
+    chunks = jax.tree.map(
+        lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), tasks)
+    keys = jax.random.split(key, n // chunk)
+    per_chunk = jax.lax.map(
+        lambda args: learner.meta_grad(meta_params, *args), (chunks, keys))
+    return jax.tree.map(lambda x: jnp.mean(x, axis=0), per_chunk)
+
+  return learner._replace(meta_grad=meta_grad)
 
 
 def batch_mean_grad(task_loss: Callable, has_aux: bool = False) -> Callable:

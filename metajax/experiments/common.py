@@ -43,8 +43,12 @@ def environment() -> Dict[str, Any]:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` as indented JSON, atomically (a crash leaves the old file)."""
-  tmp = path + ".tmp"
+  """Writes `obj` as indented JSON, atomically (a crash leaves the old file).
+
+  On several hosts each process writes the same file through its own
+  temporary one, so that their writes cannot collide.
+  """
+  tmp = f"{path}.{jax.process_index()}.tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")
@@ -52,7 +56,17 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def start(flag_values, compilation_cache: str) -> None:
-  """What an experiment's `main` does first: quiet logs, compilation cache."""
+  """What an experiment's `main` does first.
+
+  Joins the other processes of a multi-host run (`--distributed`, before
+  anything touches a device), quiets the logs, turns on the compilation
+  cache.
+  """
+  if flag_values["distributed"].value:
+    jax.distributed.initialize(
+        coordinator_address=flag_values["coordinator_address"].value or None,
+        num_processes=flag_values["num_processes"].value,
+        process_id=flag_values["process_id"].value)
   if not flag_values["verbosity"].present:
     # Orbax logs every checkpoint at INFO; keep the terminal for the bar.
     logging.set_verbosity(logging.WARNING)
@@ -89,3 +103,19 @@ def define_run_flags(defaults, workdir: str) -> None:
                       "Persistent XLA compilation cache ('' disables it).")
   flags.DEFINE_string("workdir", workdir,
                       "Output directory (results, plots, checkpoints).")
+  flags.DEFINE_bool("shard_tasks", False,
+                    "Shard each meta-batch over all visible devices.")
+  flags.DEFINE_bool("distributed", False,
+                    "Call jax.distributed.initialize() first, to run one "
+                    "process per host of a TPU pod or GPU cluster (see "
+                    "docs/scale.md).")
+  flags.DEFINE_string("coordinator_address", "",
+                      "With --distributed: host:port of process 0 (''"
+                      ": detected on TPU pods, Slurm, Open MPI, or taken "
+                      "from $JAX_COORDINATOR_ADDRESS).")
+  flags.DEFINE_integer("num_processes", None,
+                       "With --distributed: number of processes (default: "
+                       "detected).")
+  flags.DEFINE_integer("process_id", None,
+                       "With --distributed: this process's index, 0.. "
+                       "num_processes - 1 (default: detected).")

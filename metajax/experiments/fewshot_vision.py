@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from metajax import algorithms
+from metajax import sharding
 from metajax.data import download
 from metajax.data import episodes
 from metajax.data import mini_imagenet
@@ -94,8 +95,11 @@ class Config:
   log_every: int = 50
   checkpoint_every: int = 500
   progress: bool = True
+  shard_tasks: bool = False
+  task_chunk: str = "auto"
 
   def validate(self):
+    _task_chunk(self.task_chunk)
     for name, allowed in (("algorithm", ALGORITHMS), ("dataset", DATASETS),
                           ("split", omniglot.SPLITS),
                           ("source", OMNIGLOT_SOURCES),
@@ -214,6 +218,17 @@ def make_learner(config: Config, ways: int,
   return getattr(algorithms, config.algorithm)(init_fn, apply_fn, ways=ways)
 
 
+def _task_chunk(value: str):
+  """The `train(task_chunk=...)` of the `task_chunk` field: "auto" or an int."""
+  if value == "auto":
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"task_chunk must be 'auto' or an integer, got "
+                     f"{value!r}.") from None
+
+
 def _optimizer(config: Config) -> optax.GradientTransformation:
   if config.lr_halve_every:
     schedule = optax.exponential_decay(
@@ -304,12 +319,16 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
                      num_tasks=config.val_episodes)
       return {"val_accuracy": float(np.mean(acc))}
 
+  mesh = sharding.task_mesh() if config.shard_tasks else None
   state = train(
       make_learner(config, config.ways), _optimizer(config), sampler,
       key=train_key, num_steps=config.num_steps, workdir=workdir,
       log_every=config.log_every, checkpoint_every=config.checkpoint_every,
       eval_fn=eval_fn, eval_every=config.eval_every,
-      progress=config.progress, desc=config.algorithm)
+      progress=config.progress, desc=config.algorithm, mesh=mesh,
+      task_chunk=None if mesh is not None else _task_chunk(config.task_chunk))
+  meta_params = (state.meta_params if mesh is None
+                 else sharding.local_copy(state.meta_params))
   train_time = _training_seconds(os.path.join(workdir, "metrics.jsonl"),
                                  config.meta_batch_size)
 
@@ -318,7 +337,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
     test_sampler = episodes.episode_sampler(
         splits["test"], ways=ways, shots=test_shots, query=config.test_query,
         batch_size=min(config.eval_episodes, 50), split="test")
-    acc = evaluate(make_learner(config, ways, test=True), state.meta_params,
+    acc = evaluate(make_learner(config, ways, test=True), meta_params,
                    test_sampler, algorithms.accuracy, key=test_key,
                    num_tasks=config.eval_episodes)
     summary = mean_ci(acc)

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from metajax import algorithms
+from metajax import sharding
 from metajax.data import sinusoid
 from metajax.evaluate import evaluate
 from metajax.evaluate import mean_ci
@@ -55,6 +56,7 @@ class Config:
   log_every: int = 1000
   checkpoint_every: int = 10_000
   progress: bool = True
+  shard_tasks: bool = False
 
   def validate(self):
     if self.algorithm not in ALGORITHMS:
@@ -173,6 +175,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
                                   config.num_support, config.eval_query)
   plot_task = _fixed_task(plot_key, config)
   curve_steps = list(range(max(config.eval_steps) + 1))
+  mesh = sharding.task_mesh() if config.shard_tasks else None
 
   meta_params, train_time, curves, fits = {}, {}, {}, {}
   for name, baseline in (("meta", False), ("joint", True)):
@@ -183,9 +186,10 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
         num_steps=config.num_steps, workdir=os.path.join(workdir, name),
         log_every=config.log_every, checkpoint_every=config.checkpoint_every,
         progress=config.progress,
-        desc=config.algorithm if name == "meta" else "joint")
+        desc=config.algorithm if name == "meta" else "joint", mesh=mesh)
     train_time[name] = time.perf_counter() - t0
-    meta_params[name] = state.meta_params
+    meta_params[name] = (state.meta_params if mesh is None
+                         else sharding.local_copy(state.meta_params))
     curves[name], fits[name] = [], {}
     for k in curve_steps:
       learner = make_learner(config, k, baseline)

@@ -55,6 +55,7 @@ import optax
 import tqdm
 
 from metajax import algorithms
+from metajax import sharding
 from metajax.data import knowledge_tracing as kt
 from metajax.data import students
 from metajax.evaluate import binary_metrics
@@ -112,6 +113,7 @@ class Config:
   log_every: int = 100
   checkpoint_every: int = 500
   progress: bool = True
+  shard_tasks: bool = False
 
   def validate(self):
     if self.model not in MODELS:
@@ -363,6 +365,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
     num_steps = config.num_epochs * -(-train_arrays.num_students //
                                       config.meta_batch_size)
 
+  mesh = sharding.task_mesh() if config.shard_tasks else None
   methods, train_time, selected = {}, {}, {}
   for method in ("joint",) + tuple(config.algorithms):
     t0 = time.perf_counter()
@@ -376,9 +379,11 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
         checkpoint_every=config.checkpoint_every,
         eval_fn=_validation_score(learner, method, valid_arrays, config),
         eval_every=config.eval_every, keep_best="valid_auc",
-        progress=config.progress, desc=method)
+        progress=config.progress, desc=method, mesh=mesh)
     methods[method], selected[method] = restore_best(method_dir,
                                                      state.meta_params)
+    if mesh is not None:
+      methods[method] = sharding.local_copy(methods[method])
     train_time[method] = time.perf_counter() - t0
 
   finetune = _finetune_lr(config, methods["joint"], valid_arrays, nq)

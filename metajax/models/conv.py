@@ -112,8 +112,8 @@ class Conv(nn.Module):
 class Conv4(nn.Module):
   """The standard four-block few-shot backbone (Vinyals et al., 2016).
 
-  Each block is a 3x3 convolution with `width` filters, `TaskBatchNorm` and
-  ReLU, downsampled either by the convolution's stride 2 (`downsample="stride"`,
+  Each block is a 3x3 convolution with `width` filters, `TaskBatchNorm`
+  (`norm="batch"`; `norm="none"` leaves it out) and ReLU, downsampled either by the convolution's stride 2 (`downsample="stride"`,
   MAML's Omniglot model; 28 -> 14 -> 7 -> 4 -> 2) or by 2x2 max-pooling
   (`downsample="max"`, ProtoNets and MAML's mini-ImageNet model; 28 -> 14 ->
   7 -> 3 -> 1, so the 64 filters are the 64-d embedding). The features are mean-pooled over
@@ -127,16 +127,21 @@ class Conv4(nn.Module):
   width: int = 64
   downsample: Literal["stride", "max"] = "stride"
   impl: ConvImpl = "auto"
+  norm: Literal["batch", "none"] = "batch"
 
   @nn.compact
   def __call__(self, x):
     if self.downsample not in ("stride", "max"):
       raise ValueError(
           f"downsample must be 'stride' or 'max', got {self.downsample!r}.")
+    if self.norm not in ("batch", "none"):
+      raise ValueError(f"norm must be 'batch' or 'none', got {self.norm!r}.")
     for _ in range(4):
       stride = 2 if self.downsample == "stride" else 1
       x = Conv(self.width, 3, stride, "SAME", self.impl)(x)
-      x = nn.relu(TaskBatchNorm()(x))
+      if self.norm == "batch":
+        x = TaskBatchNorm()(x)
+      x = nn.relu(x)
       if self.downsample == "max":
         x = max_pool2x2(x)
     x = jnp.mean(x, axis=(1, 2))
