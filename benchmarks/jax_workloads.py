@@ -119,7 +119,7 @@ def run(workload: str, inner_steps: int, meta_batch: int, repeats: int,
           "xla_temp_mb": getattr(memory, "temp_size_in_bytes", 0) / 2**20}
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+def matmul_gflops(n: int = 3072, repeats: int = 20) -> float:
   """fp32 `[n, n] @ [n, n]` GFLOP/s through XLA, the best of `repeats`."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
   f = jax.jit(functools.partial(jnp.matmul, precision="highest"))

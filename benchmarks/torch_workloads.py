@@ -186,7 +186,7 @@ def run(workload: str, style: str, inner_steps: int, meta_batch: int,
           "threads": torch.get_num_threads()}
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+def matmul_gflops(n: int = 3072, repeats: int = 20) -> float:
   """fp32 `[n, n] @ [n, n]` GFLOP/s through PyTorch, the best of `repeats`."""
   a = torch.randn(n, n)
   a @ a

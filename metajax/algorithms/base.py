@@ -54,7 +54,7 @@ def resolve_task_chunk(chunk: Union[int, str, None]) -> Optional[int]:
 
   On a CPU, one task's activations fit in the caches while a whole batch's
   do not: with conv4, a meta-step that maps over tasks one at a time runs
-  about 3x faster than one vmapped over 32 tasks (benchmarks/meta_step.py).
+  1.6-2.2x faster than one vmapped over 32 tasks (benchmarks/meta_step.py).
   GPUs and TPUs want the whole batch at once, so "auto" is None there.
   None or 0 keeps the batch vmapped; an int >= 1 is a chunk size.
   """
