@@ -13,9 +13,11 @@ Everything in the MAML family is an option of the one loop written here:
   rate (the LSLR of MAML++, Antoniou et al., 2019);
 * `step_weights`: the MAML++ multi-step loss, a weighted sum of the query loss
   after every inner step;
-* `remat=True`: `jax.checkpoint` around each step, so the backward pass stores
-  only one set of parameters per step instead of every intermediate
-  activation; memory then grows with the parameters, not the activations.
+* `remat=True`: `jax.checkpoint` around each step and around equal segments of
+  about sqrt(steps) steps (`_checkpointed_scan`), so the backward pass holds
+  the activations of one step at a time and about 2 sqrt(steps) sets of
+  parameters (`steps` of them when `steps` is prime), instead of every step's
+  activations; the price is up to two more forward runs of every step.
 
 A `loss_fn(params, batch) -> scalar` is all the loop needs to know of the model.
 """
@@ -150,6 +152,59 @@ def _lr_tree(lr: LearningRate, adapted: PyTree, steps: int,
   return jax.tree_util.tree_map_with_path(check, adapted, lr, is_leaf=is_none)
 
 
+def _segment_length(length: int) -> int:
+  """The divisor k of `length` that keeps fewest carries, `length // k + k`.
+
+  About sqrt(length) when `length` has a divisor near its square root (10,
+  25, 50, 100 steps: segments of 2, 5, 5, 10); 1 when it is prime.
+  """
+  return min((k for k in range(1, length + 1) if length % k == 0),
+             key=lambda k: length // k + k, default=1)
+
+
+def _checkpointed_scan(f: Callable, carry: PyTree, xs: Optional[PyTree],
+                       length: int):
+  """`lax.scan(f, carry, xs, length=length)` that keeps little for its gradient.
+
+  Every step is a `jax.checkpoint`, so the backward pass keeps only the carry
+  entering each step, not the step's activations; for the inner loop that is
+  one set of parameters per step, which still grows with `length`. So the
+  steps also run in `length // k` checkpointed segments of `k` steps (k from
+  `_segment_length`): the backward pass keeps the carry entering each
+  segment, and the carries within one segment while it differentiates that
+  segment, `length // k + k` carries in all, about 2 sqrt(length) (Chen et
+  al., 2016, "Training deep nets with sublinear memory cost"). The price is
+  one more forward run of every step than per-step checkpoints alone. The
+  segments are all equal, so the step is compiled into one loop only; with a
+  prime `length` that leaves single steps. The same operations run on the
+  same values as in the plain scan, so values and gradients are the same.
+
+  Args:
+    f: the scan body, `f(carry, x) -> (carry, y)`.
+    carry: the initial carry.
+    xs: PyTree with a leading axis of size `length`, or None.
+    length: number of steps.
+
+  Returns:
+    `(final carry, ys)`, the leaves of `ys` with a leading axis of `length`.
+  """
+  f = jax.checkpoint(f)
+  k = _segment_length(length)
+  num_segments = length // k
+  # Segments help only if they keep fewer carries than the steps themselves.
+  if num_segments + k >= length:
+    return jax.lax.scan(f, carry, xs, length=length)
+
+  @jax.checkpoint
+  def segment(c, segment_xs):
+    return jax.lax.scan(f, c, segment_xs, length=k)
+
+  # [length, ...] <-> [num_segments, k, ...] for the segments' scan.
+  xs = jax.tree.map(lambda x: x.reshape(num_segments, k, *x.shape[1:]), xs)
+  carry, ys = jax.lax.scan(segment, carry, xs, length=num_segments)
+  return carry, jax.tree.map(lambda y: y.reshape(length, *y.shape[2:]), ys)
+
+
 def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
          query: Optional[PyTree], *, steps: int, lr: LearningRate,
          first_order: bool, mask: Optional[PyTree], per_step_lr: bool,
@@ -172,13 +227,12 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
     q = loss_fn(combine(a, frozen), query) if query_every_step else None
     return a, q
 
-  if remat:
-    step = jax.checkpoint(step)
+  scan = _checkpointed_scan if remat else jax.lax.scan
   if per_step_lr:
-    adapted, q_losses = jax.lax.scan(step, adapted, lrs, length=steps)
+    adapted, q_losses = scan(step, adapted, lrs, length=steps)
   else:
-    adapted, q_losses = jax.lax.scan(lambda a, _: step(a, lrs), adapted, None,
-                                     length=steps)
+    adapted, q_losses = scan(lambda a, _: step(a, lrs), adapted, None,
+                             length=steps)
   return combine(adapted, frozen), q_losses
 
 
@@ -204,7 +258,9 @@ def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
       marked True are adapted (ANIL). Leaves of `lr` where the mask is False
       are ignored.
     per_step_lr: whether `lr` has a leading per-step axis (MAML++ LSLR).
-    remat: rematerialise each inner step in the backward pass.
+    remat: rematerialise the inner steps in the backward pass, which then
+      holds about 2 sqrt(steps) sets of parameters instead of every step's
+      activations, for up to two more forward runs of every step.
 
   Returns:
     The adapted parameters, a PyTree with the structure and dtypes of `params`.
