@@ -322,6 +322,10 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
   compile_s = time.perf_counter() - t0
   logging.info("%s: compiled %d meta-steps per call in %.1f s", desc,
                log_every, compile_s)
+  if progress:
+    # Shown, not only logged: with the persistent compilation cache a rerun's
+    # "compiled in" falls to the time of loading the program from disk.
+    tqdm.tqdm.write(f"{desc}: compiled in {compile_s:.1f} s")
 
   bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step",
                   disable=not progress, dynamic_ncols=True)

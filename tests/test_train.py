@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import chex
 import jax
@@ -93,6 +94,13 @@ def test_task_chunk_errors():
     _train(None, 1, task_chunk="fast")
   with pytest.raises(ValueError, match="pass task_chunk=None with a mesh"):
     _train(None, 1, task_chunk=2, mesh=metajax.task_mesh())
+
+
+def test_compile_time_is_printed_with_the_progress_bar(capsys):
+  metajax.train(_learner(), optax.adam(1e-2), SAMPLER,
+                key=jax.random.PRNGKey(0), num_steps=2, log_every=1,
+                desc="tiny", progress=True)
+  assert re.search(r"tiny: compiled in \d+\.\d s", capsys.readouterr().out)
 
 
 def test_loss_decreases_on_sinusoids():
