@@ -105,6 +105,8 @@ def local_copy(tree: PyTree) -> PyTree:
 
   Lets code written for one device (evaluation loops, plotting) use the state
   of a sharded run without running on, or talking to, the other devices.
+  Arrays already on one device stay where they are, so callers need not
+  check whether a mesh was used.
   """
   def one(x: jax.Array) -> jax.Array:
     if not x.is_fully_replicated:

@@ -357,9 +357,7 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       since_ckpt += take
       if eval_fn is not None and eval_every and (
           step // eval_every > previous // eval_every or step >= num_steps):
-        record.update(eval_fn(
-            state.meta_params if mesh is None
-            else sharding_lib.local_copy(state.meta_params)))
+        record.update(eval_fn(sharding_lib.local_copy(state.meta_params)))
         if best:
           best.offer(step, record, state.meta_params)
       log.write(record)

@@ -247,6 +247,14 @@ def test_a_one_device_mesh_changes_nothing():
   chex.assert_trees_all_equal(run(metajax.task_mesh(1)), run(None))
 
 
+def test_local_copy_leaves_one_device_arrays_in_place():
+  tree = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  copy = metajax.local_copy(tree)
+  chex.assert_trees_all_equal(copy, tree)
+  device = jax.local_devices()[0]
+  assert all(x.devices() == {device} for x in jax.tree.leaves(copy))
+
+
 def test_task_mesh_refuses_more_devices_than_visible():
   n = jax.device_count()
   with pytest.raises(ValueError, match=re.escape(f"1..{n}")):

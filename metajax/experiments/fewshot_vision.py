@@ -327,8 +327,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
       eval_fn=eval_fn, eval_every=config.eval_every,
       progress=config.progress, desc=config.algorithm, mesh=mesh,
       task_chunk=None if mesh is not None else _task_chunk(config.task_chunk))
-  meta_params = (state.meta_params if mesh is None
-                 else sharding.local_copy(state.meta_params))
+  meta_params = sharding.local_copy(state.meta_params)
   train_time = _training_seconds(os.path.join(workdir, "metrics.jsonl"),
                                  config.meta_batch_size)
 

@@ -188,8 +188,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
         progress=config.progress,
         desc=config.algorithm if name == "meta" else "joint", mesh=mesh)
     train_time[name] = time.perf_counter() - t0
-    meta_params[name] = (state.meta_params if mesh is None
-                         else sharding.local_copy(state.meta_params))
+    meta_params[name] = sharding.local_copy(state.meta_params)
     curves[name], fits[name] = [], {}
     for k in curve_steps:
       learner = make_learner(config, k, baseline)

@@ -380,10 +380,8 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
         eval_fn=_validation_score(learner, method, valid_arrays, config),
         eval_every=config.eval_every, keep_best="valid_auc",
         progress=config.progress, desc=method, mesh=mesh)
-    methods[method], selected[method] = restore_best(method_dir,
-                                                     state.meta_params)
-    if mesh is not None:
-      methods[method] = sharding.local_copy(methods[method])
+    best, selected[method] = restore_best(method_dir, state.meta_params)
+    methods[method] = sharding.local_copy(best)
     train_time[method] = time.perf_counter() - t0
 
   finetune = _finetune_lr(config, methods["joint"], valid_arrays, nq)
