@@ -13,12 +13,14 @@ steps), ProtoNets episodes and the student-performance MAML step.
 
 Every configuration runs in its own child process, one after the other, so
 that each one's peak memory is its own and the two frameworks' thread pools
-never compete. Each child builds the step, runs it once (metajax: compiles
+never compete. With `--rounds=R` the whole set runs R times in turn and each
+configuration reports the median of its R medians, with the per-round ratios. Each child builds the step, runs it once (metajax: compiles
 it first, timed apart), then times `--repeats` more steps; the median is
 reported. The meta-losses of the first two steps must agree across frameworks
 (`loss_matches_metajax`): the first checks the inner loop, the second the
-meta-gradient and the Adam step. Model FLOPs are XLA's count of the metajax
-step; FLOP/s are divided by the same framework's fp32 matrix-product peak.
+meta-gradient and the Adam step. Model FLOPs are those of the matrix products
+in the metajax step's jaxpr, every loop counted by its trip count; FLOP/s are
+divided by the same framework's fp32 matrix-product peak.
 """
 
 import json
@@ -40,6 +42,11 @@ flags.DEFINE_list("inner_steps", ["1", "5"],
                   "Inner steps of the MAML workload (the student workload "
                   "always takes 5, ProtoNets none).")
 flags.DEFINE_integer("repeats", 5, "Timed meta-steps after the first (>= 1).")
+flags.DEFINE_integer("rounds", 1,
+                     "Times to run the whole set of configurations, one "
+                     "round after the other (>= 1); each configuration "
+                     "reports the median over rounds, so a slow spell on a "
+                     "shared machine hits every framework alike.")
 flags.DEFINE_integer("meta_batch_size", 32, "Tasks (episodes) per meta-step.")
 flags.DEFINE_string("task_chunk", "experiment",
                     "metajax's tasks per pass of the meta-gradient: "
@@ -122,6 +129,29 @@ def _run_child(framework, workload, inner_steps) -> dict:
   return json.loads(rows[-1])
 
 
+def _merge_rounds(rounds):
+  """One row per configuration from `rounds`, lists of rows in one order."""
+  import numpy as np
+  merged = []
+  for same in zip(*rounds):
+    good = [r for r in same if "error" not in r]
+    if len(good) < len(same):
+      merged.append(next(r for r in same if "error" in r))
+      continue
+    row = dict(good[0])
+    row["ms_per_step_rounds"] = [r["ms_per_step"] for r in good]
+    row["ms_per_step"] = float(np.median(row["ms_per_step_rounds"]))
+    row["ms_min"] = min(r["ms_min"] for r in good)
+    row["ms_max"] = max(r["ms_max"] for r in good)
+    row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in good)
+    row["matmul_peak_gflops"] = max(r["matmul_peak_gflops"] for r in good)
+    for key in ("compile_s", "first_step_s"):
+      if key in row:
+        row[key] = float(np.median([r[key] for r in good]))
+    merged.append(row)
+  return merged
+
+
 def _add_ratios(rows):
   """Speed-ups of metajax, FLOP/s and loss agreement, in place."""
   by = {(r["framework"], r["workload"], r["inner_steps"]): r for r in rows
@@ -138,8 +168,11 @@ def _add_ratios(rows):
       row["episodes_per_s"] = FLAGS.meta_batch_size / (
           row["ms_per_step"] / 1000)
     if framework != "metajax":
-      mine[f"speedup_vs_{framework.replace('-', '_')}"] = (
-          row["ms_per_step"] / mine["ms_per_step"])
+      key = f"speedup_vs_{framework.replace('-', '_')}"
+      mine[key] = row["ms_per_step"] / mine["ms_per_step"]
+      mine[key + "_rounds"] = [
+          theirs / ours for theirs, ours in zip(row["ms_per_step_rounds"],
+                                                mine["ms_per_step_rounds"])]
       row["loss_matches_metajax"] = all(
           abs(row[k] - mine[k]) <= 1e-4 * max(1.0, abs(mine[k]))
           for k in ("first_loss", "second_loss"))
@@ -207,6 +240,8 @@ def main(argv):
   del argv
   if FLAGS.repeats < 1:
     raise app.UsageError("--repeats must be at least 1.")
+  if FLAGS.rounds < 1:
+    raise app.UsageError("--rounds must be at least 1.")
   if FLAGS.child:
     (framework,), (workload,) = FLAGS.framework, FLAGS.workload
     print(json.dumps(_child(framework, workload, int(FLAGS.inner_steps[0]))))
@@ -215,14 +250,18 @@ def main(argv):
              "python": platform.python_version()}
   if not FLAGS.json:
     print(f"machine: {machine}")
-  rows = []
-  for config in _configurations():
-    row = _run_child(*config)
-    rows.append(row)
-    if not FLAGS.json:
-      print(f"  ran {config}: "
-            f"{row.get('ms_per_step', float('nan')):.1f} ms/step"
-            f"{' ' + row['error'] if 'error' in row else ''}", flush=True)
+  configurations = list(_configurations())
+  rounds = []
+  for i in range(FLAGS.rounds):
+    rounds.append([])
+    for config in configurations:
+      row = _run_child(*config)
+      rounds[-1].append(row)
+      if not FLAGS.json:
+        print(f"  round {i + 1}/{FLAGS.rounds}, ran {config}: "
+              f"{row.get('ms_per_step', float('nan')):.1f} ms/step"
+              f"{' ' + row['error'] if 'error' in row else ''}", flush=True)
+  rows = _merge_rounds(rounds)
   _add_ratios(rows)
   if FLAGS.json:
     for row in rows:

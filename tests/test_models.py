@@ -88,6 +88,35 @@ def test_conv4_without_norm_is_conv_relu_blocks():
     models.Conv4(num_outputs=5, norm="layer").init(jax.random.PRNGKey(1), x)
 
 
+def test_max_pool_conv4_is_conv_norm_relu_pool_in_value_and_gradient(x64):
+  # Conv4 pools before its ReLU; the values and gradients must be those of
+  # the textbook order, conv -> norm -> ReLU -> pool, even where the norm's
+  # scale is negative.
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 1))
+  model = models.Conv4(num_outputs=5, width=4, downsample="max")
+  variables = model.init(jax.random.PRNGKey(1), x)
+  variables = jax.tree.map(
+      lambda v: v * jnp.where(jnp.arange(v.shape[-1]) % 2, -1.5, 1.0),
+      variables)
+
+  def textbook(variables, x):
+    h, p = x, variables["params"]
+    for i in range(4):
+      h = models.conv2d(h, p[f"Conv_{i}"]["kernel"], 1, impl="native")
+      h = models.TaskBatchNorm().apply(
+          {"params": p[f"TaskBatchNorm_{i}"]}, h + p[f"Conv_{i}"]["bias"])
+      h = jax.lax.reduce_window(jax.nn.relu(h), -jnp.inf, jax.lax.max,
+                                (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return h.mean(axis=(1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
+
+  np.testing.assert_allclose(model.apply(variables, x), textbook(variables, x),
+                             rtol=1e-10, atol=1e-10)
+  loss = lambda f: lambda v: jnp.sum(jnp.sin(f(v, x)))
+  chex.assert_trees_all_close(jax.grad(loss(model.apply))(variables),
+                              jax.grad(loss(textbook))(variables),
+                              rtol=1e-9, atol=1e-10)
+
+
 def test_conv4_impls_agree_end_to_end():
   x = jax.random.normal(jax.random.PRNGKey(0), (6, 28, 28, 1))
   fast = models.Conv4(num_outputs=5, width=8, impl="patches")
