@@ -268,6 +268,13 @@ def main(argv):
       print(json.dumps(dict(row, machine=machine)))
   else:
     print(_table(rows))
+    for row in rows:
+      for key, values in row.items():
+        if key.startswith("speedup_vs_") and key.endswith("_rounds"):
+          other = key[len("speedup_vs_"):-len("_rounds")].replace("_", "-")
+          print(f"{row['workload']}, {row['inner_steps']} inner steps: "
+                f"{other} time / metajax time, per round: "
+                f"{', '.join(f'{v:.2f}' for v in values)}")
   if FLAGS.plot:
     _plot(rows, FLAGS.plot)
   if any("error" in r for r in rows):
