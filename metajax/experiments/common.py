@@ -25,7 +25,11 @@ def enable_compilation_cache(cache_dir: str = DEFAULT_CACHE_DIR) -> None:
     return
   os.makedirs(cache_dir, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  # Every program, however quick to compile: flax initialises a model one
+  # operation at a time, dozens of small compiles (3.4 s for Conv4) that a
+  # threshold would leave out of the cache. A warm few-shot MAML run starts
+  # about 5 s sooner with all of them cached.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def environment() -> Dict[str, Any]:
