@@ -13,10 +13,11 @@ steps), ProtoNets episodes and the student-performance MAML step.
 
 Every configuration runs in its own child process, one after the other, so
 that each one's peak memory is its own and the two frameworks' thread pools
-never compete. With `--rounds=R` the whole set runs R times in turn and each
-configuration reports the median of its R medians, with the per-round ratios. Each child builds the step, runs it once (metajax: compiles
+never compete. Each child builds the step, runs it once (metajax: compiles
 it first, timed apart), then times `--repeats` more steps; the median is
-reported. The meta-losses of the first two steps must agree across frameworks
+reported. With `--rounds=R` the whole set runs R times in turn and each
+configuration reports the median of its R medians, with the per-round
+ratios. The meta-losses of the first two steps must agree across frameworks
 (`loss_matches_metajax`): the first checks the inner loop, the second the
 meta-gradient and the Adam step. Model FLOPs are those of the matrix products
 in the metajax step's jaxpr, every loop counted by its trip count; FLOP/s are

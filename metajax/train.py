@@ -210,10 +210,11 @@ class _TensorBoardLog:
       return
     self.event_pb2, self.summary_pb2 = event_pb2, summary_pb2
     os.makedirs(logdir, exist_ok=True)
-    # TensorBoard reads the files whose names contain "tfevents", in order.
-    name = (f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}."
-            f"{os.getpid()}")
-    self.writer = RecordWriter(open(os.path.join(logdir, name), "wb"))
+    # TensorBoard reads every file whose name contains "tfevents". A resumed
+    # run adds a file of its own, named apart even within the same second.
+    name = (f"events.out.tfevents.{int(time.time()):010d}."
+            f"{socket.gethostname()}.{os.getpid()}.{time.time_ns()}")
+    self.writer = RecordWriter(open(os.path.join(logdir, name), "xb"))
     self._add(event_pb2.Event(wall_time=time.time(),
                               file_version="brain.Event:2"))
 

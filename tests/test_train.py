@@ -164,23 +164,25 @@ def test_tensorboard_events_hold_the_logged_metrics(tmp_path):
   accumulator = pytest.importorskip(
       "tensorboard.backend.event_processing.event_accumulator")
   _train(str(tmp_path), 10)
+  _train(str(tmp_path), 20)  # resumed: its events go to a file of their own
   events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
   events.Reload()
   loss = events.Scalars("loss")
-  assert [e.step for e in loss] == [5, 10]
+  assert [e.step for e in loss] == [5, 10, 15, 20]
   assert [pytest.approx(e.value) for e in loss] == [
       r["loss"] for r in _log(str(tmp_path))]
 
 
 def test_training_with_a_workdir_does_not_import_tensorflow(tmp_path):
   # TensorFlow takes seconds to import; the event files must not need it.
-  code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
-          f"import test_train; test_train._train({str(tmp_path)!r}, 5); "
-          f"print(sorted(m for m in sys.modules if m.split('.')[0] in "
-          f"('tensorflow', 'tensorboard')))")
+  pytest.importorskip("tensorboard")
+  code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r})"
+          f"; import test_train; test_train._train({str(tmp_path)!r}, 5); "
+          f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0]"
+          f" in ('tensorflow', 'tensorboard'))))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, timeout=300, check=True).stdout
-  modules = eval(out.strip().splitlines()[-1])  # pylint: disable=eval-used
+  modules = json.loads(out.strip().splitlines()[-1])
   assert "tensorboard.summary.writer.record_writer" in modules
   assert not [m for m in modules if m.startswith("tensorflow")]
   assert any(n.startswith("events.out.tfevents.")
