@@ -94,11 +94,12 @@ def test_predictor_takes_raw_drawings_of_a_custom_episode(protonet_run,
                              logits, rtol=1e-5, atol=1e-4)
 
 
-def _flags(workdir, data_dir, cache_dir, num_steps):
+def _flags(workdir, data_dir, cache_dir, num_steps, compilation_cache):
   return [sys.executable, os.path.join(ROOT, "experiments",
                                        "fewshot_vision.py"),
           f"--workdir={workdir}", f"--data_dir={data_dir}",
-          f"--cache_dir={cache_dir}", "--compilation_cache=",
+          f"--cache_dir={cache_dir}",
+          f"--compilation_cache={compilation_cache}",
           "--algorithm=protonet", "--ways=5", "--query=2", "--width=8",
           "--test_ways=5", "--test_query=2", f"--num_steps={num_steps}",
           "--log_every=10", "--checkpoint_every=50", "--eval_every=1000",
@@ -116,7 +117,9 @@ def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(
     tmp_path, shared_data_dir, omniglot_cache):
   steps = 600
   killed = str(tmp_path / "killed")
-  flags = _flags(killed, shared_data_dir, omniglot_cache, steps)
+  # The resumed run loads what the killed one compiled, as a rerun would.
+  flags = _flags(killed, shared_data_dir, omniglot_cache, steps,
+                 str(tmp_path / "xla_cache"))
   proc = subprocess.Popen(flags, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   log = os.path.join(killed, "metrics.jsonl")
