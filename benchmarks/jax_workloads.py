@@ -125,7 +125,8 @@ def run(workload: str, inner_steps: int, meta_batch: int, repeats: int,
   sampler = _fixed(tasks)
   stop_at = jnp.int32(np.iinfo(np.int32).max)
   t0 = time.perf_counter()
-  compiled = step.lower(state, sampler, stop_at).compile()
+  traced = step.trace(state, sampler, stop_at)
+  compiled = traced.lower().compile()
   compile_s = time.perf_counter() - t0
   state, metrics = jax.block_until_ready(compiled(state, sampler, stop_at))
   first_loss = float(metrics["loss"][0])
@@ -136,9 +137,9 @@ def run(workload: str, inner_steps: int, meta_batch: int, repeats: int,
     times.append(time.perf_counter() - t0)
     losses.append(float(metrics["loss"][0]))
   memory = compiled.memory_analysis()
-  flops = matmul_flops(jax.make_jaxpr(step)(state, sampler, stop_at))
   return {"compile_s": compile_s, "task_chunk": task_chunk, "times_s": times,
-          "first_loss": first_loss, "second_loss": losses[0], "flops": flops,
+          "first_loss": first_loss, "second_loss": losses[0],
+          "flops": matmul_flops(traced.jaxpr),
           "xla_temp_mb": getattr(memory, "temp_size_in_bytes", 0) / 2**20}
 
 
