@@ -2,13 +2,14 @@
 
 from metajax import algorithms
 from metajax import data
+from metajax import evaluation
 from metajax import models
 from metajax import sharding
 from metajax import tasks
 from metajax.algorithms import MetaLearner
-from metajax.evaluate import evaluate
+from metajax.evaluation import evaluate
 from metajax.experiments.fewshot_vision import load_predictor
-from metajax.evaluate import mean_ci
+from metajax.evaluation import mean_ci
 from metajax.inner import adapt
 from metajax.inner import check_scalar_loss
 from metajax.inner import combine

@@ -2,7 +2,7 @@
 
 A `MetaLearner` is a NamedTuple of pure functions, in the way an optax
 `GradientTransformation` is `(init, update)`. The training loop (`train.py`)
-and evaluation (`evaluate.py`) use only these four functions, so MAML, its
+and evaluation (`evaluation.py`) use only these four functions, so MAML, its
 variants, joint pre-training and later metric-based or amortised learners all
 run through the same loop.
 """

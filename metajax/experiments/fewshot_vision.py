@@ -32,8 +32,8 @@ from metajax.data import mini_imagenet
 from metajax.data import omniglot
 from metajax.data import omniglot_official
 from metajax.data import tfds_source
-from metajax.evaluate import evaluate
-from metajax.evaluate import mean_ci
+from metajax.evaluation import evaluate
+from metajax.evaluation import mean_ci
 from metajax.experiments import common
 from metajax.models import Conv4
 from metajax.models import RelationEmbedding

@@ -27,8 +27,8 @@ import optax
 from metajax import algorithms
 from metajax import sharding
 from metajax.data import sinusoid
-from metajax.evaluate import evaluate
-from metajax.evaluate import mean_ci
+from metajax.evaluation import evaluate
+from metajax.evaluation import mean_ci
 from metajax.experiments import common
 from metajax.models import MLP
 from metajax.tasks import Task

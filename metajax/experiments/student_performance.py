@@ -58,9 +58,9 @@ from metajax import algorithms
 from metajax import sharding
 from metajax.data import knowledge_tracing as kt
 from metajax.data import students
-from metajax.evaluate import binary_metrics
-from metajax.evaluate import bootstrap_auc
-from metajax.evaluate import bootstrap_auc_gain
+from metajax.evaluation import binary_metrics
+from metajax.evaluation import bootstrap_auc
+from metajax.evaluation import bootstrap_auc_gain
 from metajax.experiments import common
 from metajax.models.student import StudentModel
 from metajax.models.student import masked_bce

@@ -7,9 +7,9 @@ import pytest
 
 import metajax
 from metajax import algorithms
-from metajax.evaluate import auc, binary_metrics, bootstrap_auc
-from metajax.evaluate import bootstrap_auc_gain
-from metajax.evaluate import accuracy
+from metajax.evaluation import auc, binary_metrics, bootstrap_auc
+from metajax.evaluation import bootstrap_auc_gain
+from metajax.evaluation import accuracy
 from metajax.data import sinusoid
 from conftest import tiny_mlp, tiny_mlp_params
 
