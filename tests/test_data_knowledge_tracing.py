@@ -11,7 +11,7 @@ from metajax.data import knowledge_tracing as kt
 
 def _write(tmp_path, text, name="toy_train.csv"):
   path = tmp_path / name
-  path.write_text(text)
+  path.write_text(text, encoding="utf-8")
   return str(path)
 
 
@@ -77,6 +77,61 @@ def test_malformed_blocks_name_file_block_and_line(tmp_path, bad_block, line,
   assert path in text
   assert f"student block 2 (line {line})" in text
   assert re.search(message, text), text
+
+
+@pytest.mark.parametrize("bad_block, line, found", [
+    ("2\n1,--1\n0,1\n", 5, "'--1'"),
+    ("2\n1,1-\n0,1\n", 5, "'1-'"),
+    ("2\n1,+-3\n0,1\n", 5, "'+-3'"),
+    ("2\n1,-\n0,1\n", 5, "'-'"),
+    ("2\n1,,2\n0,1\n", 5, "''"),
+    ("2\n1,1_0\n0,1\n", 5, "'1_0'"),
+    # int() reads these as 3 (Arabic-Indic, full-width) or fails (²).
+    ("2\n1,\u0663\n0,1\n", 5, "'\u0663' (only ASCII digits 0-9 are read)"),
+    ("2\n1,2\n0,\uff11\n", 6, "'\uff11' (only ASCII digits 0-9 are read)"),
+    ("2\n1,\u00b2\n0,1\n", 5, "'\u00b2' (only ASCII digits 0-9 are read)"),
+])
+def test_tokens_that_are_not_ascii_integers_name_file_block_and_line(
+    tmp_path, bad_block, line, found):
+  path = _write(tmp_path, GOOD + bad_block + GOOD)
+  with pytest.raises(kt.KTFormatError) as error:
+    kt.parse(path)
+  text = str(error.value)
+  assert text.startswith(f"{path}, student block 2 (line {line}): ")
+  assert f"must be comma-separated integers, found {found}." in text, text
+
+
+@pytest.mark.parametrize("count", ["\u0663", "\uff12", "\u00b2", "+2", "2-"])
+def test_count_lines_that_are_not_ascii_integers_are_named(tmp_path, count):
+  path = _write(tmp_path, GOOD + f"{count}\n1,2\n0,1\n")
+  with pytest.raises(kt.KTFormatError,
+                     match=r"student block 2 \(line 4\): the count line must "
+                     r"be a positive integer") as error:
+    kt.parse(path)
+  assert path in str(error.value)
+
+
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
+  path = tmp_path / "toy_train.csv"
+  path.write_bytes(GOOD.encode() + b"2\r\n1,2\r\n0,\xff1\r\n" +
+                   GOOD.encode())
+  with pytest.raises(kt.KTFormatError, match=r"line 6: not UTF-8 text "
+                     r"\(invalid start byte") as error:
+    kt.parse(str(path))
+  assert str(path) in str(error.value)
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+  text = "3\n4,4,7,\n1,0,1,\n2\n1,2\n0,1\n"
+  plain = kt.parse(_write(tmp_path, text, "plain.csv"))
+  path = tmp_path / "bom.csv"
+  path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+  marked = kt.parse(str(path))
+  assert marked.num_students == plain.num_students == 2
+  for got, want in zip(marked.questions + marked.answers,
+                       plain.questions + plain.answers):
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == want.dtype
 
 
 def test_block_cut_short_by_the_end_of_the_file(tmp_path):

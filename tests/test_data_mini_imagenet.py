@@ -261,6 +261,25 @@ def test_cache_reused_and_keyed_by_content(tmp_path, pixels, monkeypatch):
   assert len(os.listdir(cache)) == 4
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated", "wrong dtype"])
+def test_damaged_cache_warns_and_is_rebuilt(tmp_path, pixels, damage):
+  root = write_folders(tmp_path / "data", pixels)
+  cache = tmp_path / "cache"
+  load(root, cache_dir=str(cache))
+  (name,) = [f for f in os.listdir(cache) if "_val_" in f]
+  path = cache / name
+  if damage == "empty":
+    path.write_bytes(b"")
+  elif damage == "truncated":
+    path.write_bytes(path.read_bytes()[:-10])
+  else:
+    np.save(path, pixels["val"].astype(np.int16))
+  with pytest.warns(UserWarning, match=rf"{name}: damaged cache file, .*; "
+                    r"rebuilding it"):
+    assert_same(load(root, cache_dir=str(cache)), pixels)
+  np.testing.assert_array_equal(np.load(path), pixels["val"])
+
+
 # Folder structure.
 
 

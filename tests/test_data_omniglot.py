@@ -1,6 +1,8 @@
 """Omniglot from the npz arrays: canonical order, preprocessing, splits."""
 
 import os
+import shutil
+import zipfile
 
 import jax
 import numpy as np
@@ -112,3 +114,124 @@ def test_bad_files_are_named(tmp_path, raw, images):
     omniglot.make_splits(raw, images, "vinyals", str(split_dir))
   with pytest.raises(ValueError, match="split must be one of"):
     omniglot.make_splits(raw, images, "random")
+
+
+# Damaged files.
+
+
+def _write_npz(path, compressed=False, rows=3, **arrays):
+  """A small valid Omniglot npz, with any array replaced by `arrays`."""
+  content = {"images": np.full((rows, 20, 105, 105), 255, np.uint8),
+             "alphabet": np.array([f"Alphabet{i}" for i in range(rows)]),
+             "character": np.array([f"character{i + 1:02d}"
+                                    for i in range(rows)])}
+  content.update(arrays)
+  (np.savez_compressed if compressed else np.savez)(path, **content)
+  return str(path)
+
+
+def _flip_byte_of_member(path, member):
+  """Inverts one byte in the middle of a zip member's stored data."""
+  with zipfile.ZipFile(path) as archive:
+    info = archive.getinfo(member)
+  with open(path, "r+b") as f:
+    f.seek(info.header_offset + 26)  # local header: name and extra lengths
+    name_length, extra_length = np.frombuffer(f.read(4), "<u2")
+    at = (info.header_offset + 30 + int(name_length) + int(extra_length) +
+          info.compress_size // 2)
+    f.seek(at)
+    byte = f.read(1)[0]
+    f.seek(at)
+    f.write(bytes([byte ^ 0xFF]))
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_truncated_npz_is_named(tmp_path, compressed):
+  path = _write_npz(tmp_path / "cut.npz", compressed)
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(ValueError, match=r"cut\.npz: not a readable \.npz "
+                     r"file \(a truncated or damaged zip"):
+    omniglot.read_npz(path, "background")
+
+
+@pytest.mark.parametrize("key", ["images", "alphabet", "character"])
+def test_npz_member_with_a_bad_crc_names_file_and_array(tmp_path, key):
+  path = _write_npz(tmp_path / "flipped.npz")
+  _flip_byte_of_member(path, f"{key}.npy")
+  with pytest.raises(ValueError, match=rf"flipped\.npz: array '{key}' cannot "
+                     r"be read, the file is damaged \(BadZipFile: Bad CRC"):
+    omniglot.read_npz(path, "background")
+
+
+def test_damaged_copy_of_the_real_npz_is_named(tmp_path, shared_data_dir):
+  # The real files are deflated: a flipped byte breaks the stream (zlib) or
+  # the CRC, depending on where it lands; either way the error is named.
+  shutil.copy(os.path.join(shared_data_dir, "omniglot",
+                           omniglot.NPZ_FILES["background"]), tmp_path)
+  path = str(tmp_path / omniglot.NPZ_FILES["background"])
+  os.chmod(path, 0o644)
+  _flip_byte_of_member(path, "images.npy")
+  with pytest.raises(ValueError, match=r"omniglot_background_105\.npz: array "
+                     r"'images' cannot be read, the file is damaged"):
+    omniglot.load_npz(str(tmp_path))
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"", "empty"),
+    (b"images,alphabet,character\n", "not a zip archive"),
+    (None, "a single .npy array"),
+])
+def test_npz_that_is_not_a_zip_is_named(tmp_path, content, what):
+  path = tmp_path / "other.npz"
+  if content is None:
+    with open(path, "wb") as f:  # np.save would append .npy to the name
+      np.save(f, np.zeros((3, 20, 105, 105), np.uint8))
+  else:
+    path.write_bytes(content)
+  with pytest.raises(ValueError, match=rf"other\.npz: not a readable \.npz "
+                     rf"file \({what}\); expected a \.npz archive"):
+    omniglot.read_npz(str(path), "background")
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"alphabet": np.array(["A0", "A1", "A2", "A3"])},
+     r"array 'alphabet' must hold one string per row of 'images' "
+     r"\(3, 20, 105, 105\), i\.e\. \[3\] strings; got <U2 \(4,\)"),
+    ({"character": np.array([["c1", "c2"], ["c3", "c4"], ["c5", "c6"]])},
+     r"array 'character' must hold one string per row .* got <U2 \(3, 2\)"),
+    ({"alphabet": np.arange(3)}, r"array 'alphabet' must hold one string"),
+    ({"images": np.full((3, 105, 105), 255, np.uint8)},
+     r"array 'images' must be uint8 \[characters, drawings, 105, 105\], got "
+     r"uint8 \(3, 105, 105\)"),
+])
+def test_npz_arrays_that_disagree_are_named(tmp_path, arrays, message):
+  path = _write_npz(tmp_path / "odd.npz", **arrays)
+  with pytest.raises(ValueError, match=r"odd\.npz: " + message):
+    omniglot.read_npz(path, "background")
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage",
+                                    "wrong dtype"])
+def test_damaged_preprocess_cache_warns_and_is_rebuilt(raw, images, tmp_path,
+                                                       damage):
+  small = raw._replace(images=raw.images[:2], sets=raw.sets[:2],
+                       alphabets=raw.alphabets[:2],
+                       characters=raw.characters[:2])
+  omniglot.preprocess(small, 28, str(tmp_path))
+  (name,) = os.listdir(tmp_path)
+  path = tmp_path / name
+  if damage == "empty":
+    path.write_bytes(b"")
+  elif damage == "truncated":
+    path.write_bytes(path.read_bytes()[:-100])
+  elif damage == "garbage":
+    path.write_bytes(b"\x00" * 1000)
+  else:
+    np.save(path, images[:2].astype(np.float32))
+  with pytest.warns(UserWarning, match=rf"{name}: damaged cache file, .*; "
+                    r"rebuilding it"):
+    out = omniglot.preprocess(small, 28, str(tmp_path))
+  np.testing.assert_array_equal(out, images[:2])
+  # The rebuilt file is whole again: read back without a warning.
+  np.testing.assert_array_equal(np.load(path), images[:2])

@@ -10,6 +10,7 @@ device, so no episode is built on the host and nothing is copied per step.
 import collections
 import functools
 import os
+import warnings
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -47,6 +48,38 @@ def save_npy_atomic(path: str, array: np.ndarray) -> None:
   tmp = path + f".{os.getpid()}.tmp.npy"
   np.save(tmp, array)
   os.replace(tmp, path)
+
+
+def load_npy_cache(path: str, shape: Sequence[int],
+                   dtype=np.uint8) -> Optional[np.ndarray]:
+  """Reads a cache file of `save_npy_atomic`, or None when it must be rebuilt.
+
+  A missing file gives None. A damaged one (unreadable, or of another shape
+  or dtype than its name promises) also gives None, with a warning naming
+  it: a cache is derived data, so the caller rebuilds and overwrites it
+  rather than failing the run.
+
+  Args:
+    path: the .npy file.
+    shape, dtype: what the cached array must be.
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, "rb") as f:
+      # Not np.load: a cache is always .npy, and np.load would also open a
+      # zip or refuse a pickle, failing in yet other ways.
+      cached = np.lib.format.read_array(f, allow_pickle=False)
+  except (OSError, EOFError, ValueError) as e:
+    problem = f"unreadable ({e})"
+  else:
+    if cached.shape == tuple(shape) and cached.dtype == dtype:
+      return cached
+    problem = (f"holds {cached.dtype} {cached.shape}, expected "
+               f"{np.dtype(dtype)} {tuple(shape)}")
+  warnings.warn(f"{path}: damaged cache file, {problem}; rebuilding it.",
+                stacklevel=3)
+  return None
 
 
 def make_dataset(images: np.ndarray, class_names: Sequence[str],

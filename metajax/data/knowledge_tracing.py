@@ -8,11 +8,13 @@ other exports) is three lines per student:
     0,1,1,            <- answers, 1 = correct
 
 Trailing commas and surrounding spaces are allowed; blank lines between
-student blocks are skipped. Anything else that does not fit (a count that
-disagrees with a line's length, an id out of range, an answer other than 0 or
-1, a block cut short by the end of the file) raises `KTFormatError` naming
-the file, the student block and the line. No student and no answer is ever
-dropped.
+student blocks are skipped. Files are UTF-8, a leading byte-order mark
+being ignored, and numbers are written in ASCII digits. Anything else that
+does not fit (a token that is not such an integer, a count that disagrees
+with a line's length, an id out of range, an answer other than 0 or 1, a
+block cut short by the end of the file) raises `KTFormatError` naming the
+file, the student block and the line; bytes that are not UTF-8 raise it
+naming the file and the line. No student and no answer is ever dropped.
 
 A dataset directory holds `<name>_train.csv`, `<name>_test.csv` and the five
 folds `<name>_train<k>.csv` / `<name>_valid<k>.csv` (train_k + valid_k =
@@ -24,7 +26,9 @@ keeps every piece (the DKVMN and DKT protocol), or `pad`, which pads whole
 sequences to a common length.
 """
 
+import codecs
 import os
+import re
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,6 +36,11 @@ import numpy as np
 # Short names for the datasets of ../shared/data/knowledge_tracing.
 ALIASES = {"assist2009": "assist2009_updated", "statics2011": "STATICS",
            "statics": "STATICS"}
+
+
+# ASCII digits only: int() would also read "٣", "３" and "1_0".
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_COUNT = re.compile(r"[0-9]+")
 
 
 class KTFormatError(ValueError):
@@ -93,13 +102,29 @@ def _parse_ints(text: str, path: str, block: int, line: int, what: str
   tokens = [t.strip() for t in text.strip().split(",")]
   while tokens and tokens[-1] == "":  # trailing comma(s)
     tokens.pop()
+  for token in tokens:
+    if not _INTEGER.fullmatch(token):
+      hint = "" if token.isascii() else " (only ASCII digits 0-9 are read)"
+      raise KTFormatError(
+          f"{path}, student block {block} (line {line}): {what} must be "
+          f"comma-separated integers, found {token!r}{hint}.")
+  return np.array([int(t) for t in tokens], np.int64)
+
+
+def _read_lines(path: str) -> list:
+  """The lines of a UTF-8 file, without a leading byte-order mark."""
+  with open(path, "rb") as f:
+    data = f.read()
+  # Editors on Windows save UTF-8 with a byte-order mark; it is not data.
+  if data.startswith(codecs.BOM_UTF8):
+    data = data[len(codecs.BOM_UTF8):]
   try:
-    return np.array([int(t) for t in tokens], np.int64)
-  except ValueError:
-    bad = next(t for t in tokens if not t.lstrip("-").isdigit())
-    raise KTFormatError(
-        f"{path}, student block {block} (line {line}): {what} must be "
-        f"comma-separated integers, found {bad!r}.") from None
+    return data.decode("utf-8").splitlines()
+  except UnicodeDecodeError as e:
+    # The number of the line holding the bad byte, whatever the line ends.
+    line = len((data[:e.start] + b"x").splitlines())
+    raise KTFormatError(f"{path}, line {line}: not UTF-8 text ({e.reason} "
+                        f"at byte {e.start}).") from None
 
 
 def parse(path: str, num_questions: Optional[int] = None) -> Sequences:
@@ -116,8 +141,7 @@ def parse(path: str, num_questions: Optional[int] = None) -> Sequences:
     KTFormatError: naming `path`, the 1-based student block and line.
     FileNotFoundError: if `path` does not exist.
   """
-  with open(path) as f:
-    lines = f.read().splitlines()
+  lines = _read_lines(path)
   questions, answers = [], []
   i, block = 0, 0
   while i < len(lines):
@@ -132,7 +156,7 @@ def parse(path: str, num_questions: Optional[int] = None) -> Sequences:
           f"{where(i + 1)}: truncated block; expected a count line, a "
           f"question line and an answer line.")
     count = lines[i].strip().rstrip(",")
-    if not count.isdigit() or int(count) == 0:
+    if not _COUNT.fullmatch(count) or int(count) == 0:
       raise KTFormatError(f"{where(i + 1)}: the count line must be a positive "
                           f"integer, found {lines[i].strip()!r}.")
     count = int(count)

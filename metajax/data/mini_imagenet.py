@@ -472,14 +472,9 @@ def _decode_split(split: str, classes: Dict[str, List[str]], size: int,
     key = _cache_key(classes, size, resize)
     cache = os.path.join(cache_dir,
                          f"mini_imagenet_{split}_{size}px_{key}.npy")
-    if os.path.exists(cache):
-      try:
-        cached = np.load(cache, allow_pickle=False)
-      except (OSError, ValueError):
-        cached = None  # A damaged cache file is rebuilt below.
-      if (cached is not None and cached.shape == shape and
-          cached.dtype == np.uint8):
-        return cached
+    cached = episodes.load_npy_cache(cache, shape)
+    if cached is not None:
+      return cached
   out = np.zeros(shape, np.uint8)
 
   def fill(job):
@@ -556,7 +551,8 @@ def load(root: str, *, layout: Optional[str] = None,
     resize: with False, image files of another size are an error.
     cache_dir: for image files, a folder for the decoded arrays of each
       split, kept as .npy under a hash of the files' contents and reused
-      while they are unchanged. Pickles are not cached: they load as fast.
+      while they are unchanged (a damaged cache file is rebuilt, with a
+      warning). Pickles are not cached: they load as fast.
 
   Returns:
     {"train", "val", "test"}: `ClassDataset`s with images uint8 `[classes,

@@ -20,7 +20,9 @@ disk), inverted so that ink is the bright foreground. `make_splits` builds the m
 import functools
 import hashlib
 import os
-from typing import Dict, NamedTuple, Optional, Tuple
+import zipfile
+import zlib
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +90,52 @@ def concatenate(*parts: OmniglotRaw) -> OmniglotRaw:
       sum((tuple(p.characters) for p in parts), ())))
 
 
+def read_npz_arrays(path: str, keys: Sequence[str]) -> Dict[str, np.ndarray]:
+  """Reads the arrays `keys` of a .npz file, every error naming the file.
+
+  `np.load` opens the zip lazily, so a damaged member only fails when its
+  array is read, and not as a ValueError: a bad CRC raises
+  `zipfile.BadZipFile` and broken compressed data `zlib.error`. Every array
+  is read here, and any failure becomes a ValueError naming `path` and the
+  array.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: `path` is not a readable .npz archive, lacks one of `keys`
+      or one of them cannot be read.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"file not found: {path}")
+  with open(path, "rb") as f:
+    head = f.read(6)
+  # np.load takes any file that is not a zip for a .npy or a pickle, and
+  # would answer "pickled data" or hand back a bare array.
+  if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+    what = ("empty" if not head else "a single .npy array"
+            if head == b"\x93NUMPY" else "not a zip archive")
+    raise ValueError(f"{path}: not a readable .npz file ({what}); expected "
+                     f"a .npz archive of the arrays {list(keys)}.")
+  errors = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError)  # the last: an unknown zip compression
+  try:
+    archive = np.load(path, allow_pickle=False)
+  except errors as e:
+    raise ValueError(f"{path}: not a readable .npz file (a truncated or "
+                     f"damaged zip: {e}).") from None
+  with archive:
+    missing = sorted(set(keys) - set(archive.files))
+    if missing:
+      raise ValueError(f"{path}: missing arrays {missing}.")
+    arrays = {}
+    for key in keys:
+      try:
+        arrays[key] = archive[key]
+      except errors as e:
+        raise ValueError(f"{path}: array {key!r} cannot be read, the file is "
+                         f"damaged ({type(e).__name__}: {e}).") from None
+  return arrays
+
+
 def read_npz(path: str, which: str) -> OmniglotRaw:
   """Reads one `omniglot_{background,evaluation}_105.npz` file.
 
@@ -95,24 +143,35 @@ def read_npz(path: str, which: str) -> OmniglotRaw:
     path: the .npz file, with keys `images` (uint8 [n, 20, 105, 105]),
       `alphabet` and `character` (one string per row).
     which: "background" or "evaluation".
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: naming `path`, and the array where one is at fault, when
+      the file is damaged or its arrays do not fit that layout.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"Omniglot file not found: {path}")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      missing = {"images", "alphabet", "character"} - set(data.files)
-      if missing:
-        raise ValueError(f"{path}: missing arrays {sorted(missing)}.")
-      images, alphabets, characters = (data["images"], data["alphabet"],
-                                       data["character"])
-  except (OSError, EOFError, ValueError) as e:
-    if str(e).startswith(path):
-      raise
-    raise ValueError(f"{path}: not a readable .npz file ({e}).") from None
+  arrays = read_npz_arrays(path, ("images", "alphabet", "character"))
+  images = arrays["images"]
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[2:] != (
+      105, 105):
+    raise ValueError(f"{path}: array 'images' must be uint8 [characters, "
+                     f"drawings, 105, 105], got {images.dtype} "
+                     f"{images.shape}.")
+  for key in ("alphabet", "character"):
+    names = arrays[key]
+    # Names of another rank or type would be turned into strings like
+    # "['a' 'b']" by str() and silently mislabel the characters.
+    if names.ndim != 1 or names.dtype.kind != "U" or len(names) != len(
+        images):
+      raise ValueError(
+          f"{path}: array {key!r} must hold one string per row of 'images' "
+          f"{images.shape}, i.e. [{len(images)}] strings; got {names.dtype} "
+          f"{names.shape}.")
   try:
     return canonical(OmniglotRaw(images, (which,) * len(images),
-                                 tuple(map(str, alphabets)),
-                                 tuple(map(str, characters))))
+                                 tuple(map(str, arrays["alphabet"])),
+                                 tuple(map(str, arrays["character"]))))
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from None
 
@@ -159,16 +218,15 @@ def preprocess(raw: OmniglotRaw, size: int = 28,
   Returns:
     uint8 `[characters, 20, size, size]` with 255 = ink, 0 = paper. With
     `cache_dir`, the result is stored there under a content hash of `raw` and
-    reused by later calls.
+    reused by later calls; a damaged cache file is rebuilt, with a warning.
   """
   path = None
   if cache_dir:
     path = os.path.join(cache_dir,
                         f"omniglot_{size}px_lanczos3_{fingerprint(raw)}.npy")
-    if os.path.exists(path):
-      cached = np.load(path, allow_pickle=False)
-      if cached.shape == raw.images.shape[:2] + (size, size):
-        return cached
+    cached = episodes.load_npy_cache(path, raw.images.shape[:2] + (size, size))
+    if cached is not None:
+      return cached
   resize = jax.jit(functools.partial(transform, size=size))
   out = np.concatenate([np.asarray(resize(raw.images[i:i + 256]))
                         for i in range(0, len(raw.images), 256)])
