@@ -46,6 +46,23 @@ def check_steps(steps) -> int:
   return int(steps)
 
 
+def check_step_weights(step_weights: Sequence[float], steps: int) -> None:
+  """Raises a ValueError unless `step_weights` has one weight per inner step.
+
+  Shapes only, so traced weights are checked too.
+  """
+  steps = check_steps(steps)
+  if steps == 0:
+    raise ValueError(
+        "step_weights weight the query loss after each inner step, so they "
+        "need steps >= 1; got steps=0.")
+  shape = np.shape(step_weights)
+  if shape != (steps,):
+    raise ValueError(
+        f"step_weights must have one weight per inner step (shape "
+        f"({steps},)), got shape {shape}.")
+
+
 def check_scalar_loss(loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
   """Raises a ValueError unless `loss_fn(params, batch)` is a real scalar.
 
@@ -65,24 +82,135 @@ def check_scalar_loss(loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
         f"loss_fn must return a floating-point scalar, got dtype {out.dtype}.")
 
 
+def _paths(tree: PyTree) -> list:
+  """The key path of every leaf of `tree`, as `keystr` writes it."""
+  return [jax.tree_util.keystr(path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _listed(items: Sequence[str], limit: int = 4) -> str:
+  shown = ", ".join(items[:limit])
+  return shown + (f" and {len(items) - limit} more" if len(items) > limit
+                  else "")
+
+
+def _static_bool(name: str, path, leaf) -> bool:
+  """One mask leaf as a Python bool; errors name `name` and the leaf's path.
+
+  A mask decides which leaves the inner loop differentiates, i.e. the shape
+  of the traced computation, so it must be known while tracing: a concrete
+  numpy or jnp boolean scalar is read into a Python bool, a traced one can
+  not be.
+  """
+  where = name + jax.tree_util.keystr(path)
+  if isinstance(leaf, (bool, np.bool_)):
+    return bool(leaf)
+  if isinstance(leaf, jax.core.Tracer):
+    raise TypeError(
+        f"{where} is a traced value ({leaf.aval.str_short()}), but a mask must "
+        f"be static: it decides which parameters are adapted while the "
+        f"function is traced. Use Python bools (e.g. from "
+        f"metajax.mask_by_path), or build the mask outside jax.jit and close "
+        f"over it instead of passing it as a jit argument.")
+  if isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
+    if np.shape(leaf) != ():
+      raise ValueError(
+          f"{where} has shape {np.shape(leaf)}; a mask has one bool per "
+          f"parameter array (scalar leaves), not one per element.")
+    if leaf.dtype != np.bool_:
+      raise TypeError(
+          f"{where} has dtype {leaf.dtype}; mask leaves must be bools.")
+    return bool(leaf)
+  raise TypeError(
+      f"{where} is {leaf!r} of type {type(leaf).__name__}; mask leaves must "
+      f"be bools.")
+
+
+def check_mask(mask: PyTree, params: Optional[PyTree] = None,
+               name: str = "mask") -> PyTree:
+  """`mask` with Python bool leaves, checked against `params`'s structure.
+
+  Args:
+    mask: PyTree of bools, one per parameter array: Python bools, or
+      concrete numpy / jnp boolean scalars (read into Python bools).
+    params: the parameters the mask is for; None checks the leaves only.
+    name: how errors call the mask, e.g. "adapt_mask".
+
+  Returns:
+    `mask` with every leaf a Python bool.
+
+  Raises:
+    ValueError: the structure differs from `params` (the error lists the
+      paths that differ), or a leaf is not a scalar.
+    TypeError: a leaf is not a bool, or is a traced value.
+  """
+  if params is not None and (jax.tree.structure(mask) !=
+                             jax.tree.structure(params)):
+    mask_paths, param_paths = _paths(mask), _paths(params)
+    in_mask, in_params = set(mask_paths), set(param_paths)
+    missing = [p for p in param_paths if p not in in_mask]
+    extra = [p for p in mask_paths if p not in in_params]
+    details = []
+    if missing:
+      details.append(
+          f"{_listed(['params' + p for p in missing])} "
+          f"{'have' if len(missing) > 1 else 'has'} no entry in {name}")
+    if extra:
+      details.append(
+          f"{_listed([name + p for p in extra])} "
+          f"{'are not' if len(extra) > 1 else 'is not a'} parameter "
+          f"array{'s' if len(extra) > 1 else ''}")
+    if not details:  # The same paths in other containers (tuple vs list...).
+      details.append(f"got {jax.tree.structure(mask)}, expected "
+                     f"{jax.tree.structure(params)}")
+    raise ValueError(
+        f"{name} must be a PyTree of Python bools with the structure of "
+        f"params, one bool per parameter array: {'; '.join(details)}.")
+  return jax.tree_util.tree_map_with_path(
+      functools.partial(_static_bool, name), mask)
+
+
+def resolve_mask(adapt_mask: Union[None, Callable, PyTree],
+                 params: PyTree) -> Optional[PyTree]:
+  """The static mask an `adapt_mask` option gives for `params`.
+
+  Args:
+    adapt_mask: None (adapt everything), a PyTree of bools with the
+      structure of `params`, or a function `adapt_mask(params) -> such a
+      PyTree` (e.g. built with `mask_by_path`).
+    params: the model parameters (may be traced).
+
+  Returns:
+    None, or a PyTree of Python bools with the structure of `params`.
+  """
+  if adapt_mask is None:
+    return None
+  if not callable(adapt_mask):
+    return check_mask(adapt_mask, params, "adapt_mask")
+  # A mask depends on the parameters' structure, not their values: run the
+  # function eagerly even under jax.jit, so that jnp booleans it builds (e.g.
+  # `jnp.asarray(p.ndim == 2)`) are concrete instead of tracers.
+  with jax.ensure_compile_time_eval():
+    mask = adapt_mask(params)
+  return check_mask(mask, params, "adapt_mask(params)")
+
+
 def partition(params: PyTree, mask: Optional[PyTree]):
   """Splits `params` into (adapted, frozen) by a boolean `mask` PyTree.
 
   Leaves where `mask` is True go to `adapted`, the others to `frozen`; the
   missing leaves are `None` in each, so the two trees keep the structure of
-  `params` and `combine` puts them back together.
+  `params` and `combine` puts them back together. The mask's leaves are
+  Python bools or concrete boolean scalars (see `check_mask`).
   """
   if mask is None:
     return params, jax.tree.map(lambda _: None, params)
-  if jax.tree.structure(mask) != jax.tree.structure(params):
-    raise ValueError(
-        "mask must be a PyTree of Python bools with the structure of params; "
-        f"got {jax.tree.structure(mask)}, expected "
-        f"{jax.tree.structure(params)}.")
+  mask = check_mask(mask, params)
   adapted = jax.tree.map(lambda m, p: p if m else None, mask, params)
   frozen = jax.tree.map(lambda m, p: None if m else p, mask, params)
   if not jax.tree.leaves(adapted):
-    raise ValueError("mask selects no parameter to adapt.")
+    raise ValueError("mask selects no parameter to adapt: every leaf is "
+                     "False.")
   return adapted, frozen
 
 
@@ -104,6 +232,47 @@ def mask_by_path(params: PyTree, predicate: Callable[[str], bool]) -> PyTree:
       lambda path, _: bool(predicate(name(path))), params)
 
 
+def _check_finite_lr(where: str, lr) -> None:
+  """Raises a ValueError if a host-side (Python or numpy) rate is not finite.
+
+  jax arrays are left alone: they may be traced (learned rates), and reading
+  a concrete one would wait for the device.
+  """
+  if isinstance(lr, (int, float, np.ndarray, np.generic)) and not isinstance(
+      lr, bool):
+    values = np.asarray(lr)
+    if (np.issubdtype(values.dtype, np.number) and
+        not np.all(np.isfinite(values))):
+      found = (f"got {values.item()}" if values.ndim == 0 else
+               f"but {np.sum(~np.isfinite(values))} of its {values.size} "
+               f"values are not")
+      raise ValueError(f"{where} must be finite, {found}.")
+
+
+def check_scalar_lr(lr, name: str = "lr") -> None:
+  """Raises unless `lr` is one finite real number (not a bool).
+
+  For the learners' `lr` option: a fixed inner learning rate, or the initial
+  value of learned ones. Traced values pass unchecked.
+  """
+  if isinstance(lr, jax.core.Tracer):
+    return
+  if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+    real = True
+  else:
+    real = (isinstance(lr, (np.ndarray, np.generic, jax.Array)) and
+            np.shape(lr) == () and
+            (jnp.issubdtype(lr.dtype, jnp.floating) or
+             jnp.issubdtype(lr.dtype, jnp.integer)))
+  if not real:
+    found = (f"shape {np.shape(lr)} dtype {lr.dtype}" if hasattr(lr, "dtype")
+             else repr(lr))
+    raise TypeError(
+        f"{name} must be a real number, got {type(lr).__name__} {found}.")
+  if not np.isfinite(float(lr)):
+    raise ValueError(f"{name} must be finite, got {float(lr)}.")
+
+
 def _lr_tree(lr: LearningRate, adapted: PyTree, steps: int,
              per_step_lr: bool) -> PyTree:
   """Broadcasts `lr` to one array per adapted leaf, checking shapes.
@@ -111,14 +280,23 @@ def _lr_tree(lr: LearningRate, adapted: PyTree, steps: int,
   Returns a PyTree with the structure of `adapted` (None where it is None)
   whose leaves broadcast against the parameter, with a leading `steps` axis
   when `per_step_lr`.
+
+  `lr` is read as one rate per parameter when its structure is that of
+  `params`, and as a rate shared by all parameters otherwise. When `params`
+  is a single array, both readings apply to a single-array `lr`: the
+  per-parameter one accepts every shape the shared one does, with the same
+  result, and also per-element rates (Meta-SGD), so it is the one taken.
   """
   is_none = lambda x: x is None
-  if jax.tree_util.treedef_is_leaf(jax.tree.structure(lr)):
+  expected = jax.tree.structure(adapted, is_leaf=is_none)
+  if (jax.tree_util.treedef_is_leaf(jax.tree.structure(lr)) and
+      jax.tree.structure(lr) != expected):
+    _check_finite_lr("lr", lr)
     shared = jnp.asarray(lr)
-    expected = (steps,) if per_step_lr else ()
-    if shared.shape != expected:
+    expected_shape = (steps,) if per_step_lr else ()
+    if shared.shape != expected_shape:
       raise ValueError(
-          f"a single lr must have shape {expected} "
+          f"a single lr must have shape {expected_shape} "
           f"({'one rate per inner step' if per_step_lr else 'a scalar'}), got "
           f"{shared.shape}; pass a PyTree like params for per-parameter rates.")
     return jax.tree.map(lambda p: None if p is None else shared, adapted,
@@ -127,11 +305,12 @@ def _lr_tree(lr: LearningRate, adapted: PyTree, steps: int,
   def check(path, p, l):
     if p is None:
       return None
+    where = "lr" + jax.tree_util.keystr(path)
+    _check_finite_lr(where, l)
     l = jnp.asarray(l)
-    where = jax.tree_util.keystr(path)
     if per_step_lr and (l.ndim == 0 or l.shape[0] != steps):
       raise ValueError(
-          f"per-step lr{where} has shape {l.shape}; its leading axis must be "
+          f"per-step {where} has shape {l.shape}; its leading axis must be "
           f"the number of inner steps ({steps}).")
     rest = l.shape[1:] if per_step_lr else l.shape
     try:
@@ -140,11 +319,10 @@ def _lr_tree(lr: LearningRate, adapted: PyTree, steps: int,
       ok = False
     if not ok:
       raise ValueError(
-          f"lr{where} has shape {l.shape}, which does not broadcast to the "
+          f"{where} has shape {l.shape}, which does not broadcast to the "
           f"parameter's shape {p.shape}.")
     return l
 
-  expected = jax.tree.structure(adapted, is_leaf=is_none)
   if jax.tree.structure(lr) != expected:
     raise ValueError(
         "lr must be a scalar or a PyTree with the structure of params; got "
@@ -251,12 +429,16 @@ def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
     batch: whatever `loss_fn` takes, e.g. `(x [n, ...], y [n, ...])`.
     steps: number of inner steps, a Python int >= 0.
     lr: a scalar, or a PyTree with the structure of `params` whose leaves
-      broadcast against each parameter (Meta-SGD). With `per_step_lr`, every
-      leaf (or the scalar) has a leading axis of length `steps`.
+      broadcast against each parameter (Meta-SGD; when `params` is a single
+      array, `lr` is a single array broadcasting against it). With
+      `per_step_lr`, every leaf (or the scalar) has a leading axis of length
+      `steps`. Python and numpy rates must be finite.
     first_order: stop gradients through the inner gradient (FOMAML).
-    mask: optional PyTree of bools with the structure of `params`; only leaves
-      marked True are adapted (ANIL). Leaves of `lr` where the mask is False
-      are ignored.
+    mask: optional PyTree of bools with the structure of `params`, one per
+      parameter array; only leaves marked True are adapted (ANIL). Leaves are
+      Python bools or concrete numpy / jnp boolean scalars, never traced
+      values: the mask fixes what is traced (see `check_mask`). Leaves of
+      `lr` where the mask is False are ignored.
     per_step_lr: whether `lr` has a leading per-step axis (MAML++ LSLR).
     remat: rematerialise the inner steps in the backward pass, which then
       holds about 2 sqrt(steps) sets of parameters instead of every step's
@@ -306,11 +488,8 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
     adapted, _ = run(query_every_step=False)
     loss = loss_fn(adapted, task.query)
   else:
+    check_step_weights(step_weights, steps)
     weights = jnp.asarray(step_weights)
-    if weights.shape != (check_steps(steps),) or steps == 0:
-      raise ValueError(
-          f"step_weights must have one weight per inner step (shape "
-          f"({steps},)), got shape {weights.shape}.")
     adapted, q_losses = run(query_every_step=True)
     loss = jnp.sum(weights.astype(q_losses.dtype) * q_losses)
   return (loss, adapted) if return_adapted else loss

@@ -154,3 +154,128 @@ def test_bad_options_are_rejected():
     _learner(learn_lr="per_layer")
   with pytest.raises(ValueError, match="steps must be >= 0"):
     _learner(steps=-2)
+
+
+# One parameter array instead of a dict of them.
+
+def _curve_init(key):
+  return jax.random.normal(key, (3,))
+
+
+def _curve(w, x):
+  return w[0] * jnp.tanh(w[1] * x) + w[2]
+
+
+@pytest.mark.parametrize("build", [algorithms.meta_sgd,
+                                   algorithms.maml_plus_plus, algorithms.maml,
+                                   algorithms.fomaml])
+def test_a_single_array_of_params_trains_like_the_same_array_in_a_dict(build):
+  single = build(_curve_init, _curve, mse, steps=3, lr=0.05)
+  wrapped = build(lambda k: {"w": _curve_init(k)},
+                  lambda p, x: _curve(p["w"], x), mse, steps=3, lr=0.05)
+  meta_params = single.init(jax.random.PRNGKey(0))
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 4)
+  grads, metrics = single.meta_grad(meta_params, tasks, None)
+  as_dict = jax.tree.map(lambda x: {"w": x}, meta_params)
+  chex.assert_trees_all_equal(as_dict, wrapped.init(jax.random.PRNGKey(0)))
+  expected, expected_metrics = wrapped.meta_grad(as_dict, tasks, None)
+  chex.assert_trees_all_close(jax.tree.map(lambda x: {"w": x}, grads),
+                              expected, rtol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"],
+                             rtol=1e-6)
+  for leaf in jax.tree.leaves(grads):
+    assert float(jnp.abs(leaf).max()) > 0
+  jitted, _ = jax.jit(single.meta_grad)(meta_params, tasks, None)
+  chex.assert_trees_all_close(jitted, grads, rtol=1e-5, atol=1e-7)
+  task = jax.tree.map(lambda x: x[0], tasks)
+  chex.assert_trees_all_close(single.adapt(meta_params, task.support),
+                              wrapped.adapt(as_dict, task.support)["w"],
+                              rtol=1e-6)
+
+
+def test_anil_without_a_head_is_named_at_init():
+  learner = algorithms.anil(_curve_init, _curve, mse)
+  with pytest.raises(ValueError, match=r"anil adapts the parameters under a "
+                     r"module named head='head', but no parameter path has "
+                     r"that component \(the parameters: params\)"):
+    learner.init(jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match=r"head='decoder'.*params\['body'\]"
+                     r"\['b'\], params\['body'\]\['w'\]"):
+    _learner(algorithms.anil, head="decoder").init(jax.random.PRNGKey(0))
+
+
+def _head_mask(params):
+  return metajax.mask_by_path(params, lambda path: path.startswith("head"))
+
+
+def _jnp_head_mask(params):
+  """The head mask as jnp booleans, which are tracers when built under jit."""
+  return jax.tree.map(jnp.asarray, _head_mask(params))
+
+
+HEAD_TREE = {"body": {"b": False, "w": False}, "head": {"b": True, "w": True}}
+
+
+@pytest.mark.parametrize("adapt_mask", [_jnp_head_mask, HEAD_TREE,
+                                        jax.tree.map(np.bool_, HEAD_TREE)])
+def test_adapt_mask_may_be_jnp_bools_or_a_pytree(adapt_mask):
+  """Each is the head mask: under jit too, for maml and joint alike."""
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 3)
+  task = jax.tree.map(lambda x: x[0], tasks)
+  for build, kw in ((algorithms.maml, dict(steps=2, lr=0.1)),
+                    (algorithms.joint, dict(steps=2, lr=0.1))):
+    learner = _learner(build, adapt_mask=adapt_mask, **kw)
+    reference = _learner(build, adapt_mask=_head_mask, **kw)
+    meta_params = learner.init(jax.random.PRNGKey(0))
+    expected, _ = reference.meta_grad(meta_params, tasks, None)
+    grads, _ = jax.jit(learner.meta_grad)(meta_params, tasks, None)
+    chex.assert_trees_all_close(grads, expected, rtol=1e-5, atol=1e-7)
+    adapted = jax.jit(learner.adapt)(meta_params, task.support)
+    chex.assert_trees_all_close(
+        adapted, reference.adapt(meta_params, task.support), rtol=1e-5)
+    chex.assert_trees_all_equal(adapted["body"],
+                                meta_params["params"]["body"])
+    assert not np.allclose(adapted["head"]["w"],
+                           meta_params["params"]["head"]["w"])
+
+
+@pytest.mark.parametrize("build", [algorithms.maml, algorithms.joint])
+def test_bad_adapt_masks_are_named_when_built_or_at_init(build):
+  with pytest.raises(ValueError, match=r"params\['body'\]\['b'\], "
+                     r"params\['body'\]\['w'\], params\['head'\]\['b'\], "
+                     r"params\['head'\]\['w'\] have no entry in adapt_mask; "
+                     r"adapt_mask\['head'\] is not a parameter array"):
+    _learner(build, adapt_mask={"head": True}).init(jax.random.PRNGKey(0))
+  # Leaves are checked when the learner is built, before any params exist.
+  with pytest.raises(TypeError, match=r"adapt_mask\['head'\]\['w'\] is 1 of "
+                     r"type int; mask leaves must be bools"):
+    _learner(build, adapt_mask={"body": {"b": False, "w": False},
+                                "head": {"b": True, "w": 1}})
+  # A function's mask is checked against the params at init.
+  with pytest.raises(ValueError, match=r"adapt_mask\(params\) must be a "
+                     r"PyTree.*params\['body'\]\['b'\]"):
+    _learner(build, adapt_mask=lambda p: {"head": True}).init(
+        jax.random.PRNGKey(0))
+
+
+def test_bad_options_are_rejected_when_the_learner_is_built():
+  with pytest.raises(TypeError, match="steps must be a Python int"):
+    _learner(algorithms.maml_plus_plus, steps=2.0)
+  with pytest.raises(ValueError, match=r"maml_plus_plus .* needs steps >= 1; "
+                     r"got steps=0"):
+    _learner(algorithms.maml_plus_plus, steps=0)
+  with pytest.raises(ValueError, match=r"step_weights must have one weight "
+                     r"per inner step \(shape \(3,\)\), got shape \(2,\)"):
+    _learner(steps=3, step_weights=[0.5, 0.5])
+  with pytest.raises(ValueError, match=r"step_weights .* need steps >= 1; "
+                     r"got steps=0"):
+    _learner(steps=0, step_weights=[])
+  for build in (algorithms.maml, algorithms.joint, algorithms.reptile):
+    with pytest.raises(ValueError, match=r"lr must be finite, got nan"):
+      _learner(build, lr=float("nan"))
+    with pytest.raises(TypeError, match=r"lr must be a real number, got str "
+                       r"'0.1'"):
+      _learner(build, lr="0.1")
+  with pytest.raises(TypeError, match=r"lr must be a real number, got ndarray "
+                     r"shape \(2,\)"):
+    _learner(algorithms.meta_sgd, lr=np.array([0.1, 0.2]))

@@ -310,3 +310,112 @@ def test_bad_learning_rates_masks_and_weights_are_named():
   with pytest.raises(ValueError, match=r"one weight per inner step"):
     metajax.maml_loss(tiny_loss, params, task, steps=3, lr=0.1,
                       step_weights=[1.0, 1.0])
+
+
+# A model whose parameters are one array, not a dict: a single array is a
+# PyTree too, and every option must treat it as one.
+
+def _curve(w, x):
+  """`[n, 1]` inputs -> `[n, 1]` outputs of the parameter array `w` `[3]`."""
+  return w[0] * jnp.tanh(w[1] * x) + w[2]
+
+
+def _curve_loss(w, batch):
+  x, y = batch
+  return jnp.mean((_curve(w, x) - y) ** 2)
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_single_array_params_take_per_element_learning_rates(x64, per_step):
+  """Meta-SGD / LSLR rates for one array equal those for it in a dict."""
+  w = jnp.array([1.2, 0.7, -0.1])
+  lr = jnp.array([0.1, 0.3, 0.2])
+  if per_step:
+    lr = jnp.stack([lr, 2 * lr])
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  options = dict(steps=2, per_step_lr=per_step)
+
+  def single(w, lr):
+    return metajax.maml_loss(_curve_loss, w, task, lr=lr, **options)
+
+  def wrapped(w, lr):
+    return metajax.maml_loss(lambda p, b: _curve_loss(p["w"], b), {"w": w},
+                             task, lr={"w": lr}, **options)
+
+  grads = jax.value_and_grad(single, argnums=(0, 1))
+  value, (g_w, g_lr) = grads(w, lr)
+  assert g_lr.shape == lr.shape and bool(jnp.all(g_lr != 0))
+  chex.assert_trees_all_close((value, (g_w, g_lr)),
+                              jax.value_and_grad(wrapped, (0, 1))(w, lr),
+                              rtol=1e-12)
+  chex.assert_trees_all_close(jax.jit(grads)(w, lr), (value, (g_w, g_lr)),
+                              rtol=1e-12)
+  # Per-element rates are not one shared rate: each element moves by its own.
+  one_step = metajax.adapt(_curve_loss, w, task.support, steps=1,
+                           lr=lr[0] if per_step else lr)
+  np.testing.assert_allclose(
+      one_step, w - (lr[0] if per_step else lr) * jax.grad(_curve_loss)(
+          w, task.support), rtol=1e-12)
+
+
+def test_masks_of_concrete_numpy_and_jnp_bools_are_python_bools():
+  params, task = _setup()
+  head = metajax.mask_by_path(params, lambda path: path.startswith("head"))
+  expected = metajax.adapt(tiny_loss, params, task.support, steps=2, lr=0.3,
+                           mask=head)
+  for to_bool in (jnp.array, np.bool_, np.array):
+    mask = jax.tree.map(to_bool, head)
+    assert metajax.inner.check_mask(mask, params) == head
+    adapt = lambda p: metajax.adapt(tiny_loss, p, task.support, steps=2,
+                                    lr=0.3, mask=mask)
+    chex.assert_trees_all_equal(adapt(params), expected)
+    chex.assert_trees_all_equal(jax.jit(adapt)(params), expected)
+
+
+def test_traced_non_scalar_and_non_bool_mask_leaves_are_named():
+  params, task = _setup()
+  adapt = lambda p, m: metajax.adapt(tiny_loss, p, task.support, steps=1,
+                                     lr=0.1, mask=m)
+  # Built inside jax.jit, or passed as a jit argument, jnp bools are traced.
+  inside = jax.jit(lambda p: adapt(p, jax.tree.map(lambda _: jnp.array(True),
+                                                   p)))
+  with pytest.raises(TypeError, match=r"mask\['body'\]\['b'\] is a traced "
+                     r"value \(bool\[\]\), but a mask must be static"):
+    inside(params)
+  with pytest.raises(TypeError, match=r"mask\['body'\]\['b'\] is a traced"):
+    jax.jit(adapt)(params, jax.tree.map(lambda _: True, params))
+  per_element = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+  with pytest.raises(ValueError, match=r"mask\['body'\]\['b'\] has shape "
+                     r"\(6,\); a mask has one bool per parameter array"):
+    adapt(params, per_element)
+  # A weight is not a mask: 0.5 used to count as True.
+  soft = jax.tree.map(lambda _: 0.5, params)
+  with pytest.raises(TypeError, match=r"mask\['body'\]\['b'\] is 0.5 of type "
+                     r"float; mask leaves must be bools"):
+    adapt(params, soft)
+  ints = jax.tree.map(lambda _: jnp.int32(1), params)
+  with pytest.raises(TypeError, match=r"mask\['body'\]\['b'\] has dtype "
+                     r"int32"):
+    adapt(params, ints)
+
+
+def test_mask_of_another_structure_names_the_paths_that_differ():
+  params, task = _setup()
+  with pytest.raises(ValueError, match=r"params\['body'\]\['b'\], "
+                     r"params\['body'\]\['w'\], params\['head'\]\['b'\], "
+                     r"params\['head'\]\['w'\] have no entry in mask; "
+                     r"mask\['body'\], mask\['head'\] are not parameter "
+                     r"arrays"):
+    metajax.adapt(tiny_loss, params, task.support, steps=1, lr=0.1,
+                  mask={"body": False, "head": True})
+
+
+def test_non_finite_host_learning_rates_are_named():
+  params, task = _setup()
+  with pytest.raises(ValueError, match=r"lr must be finite, got nan"):
+    metajax.adapt(tiny_loss, params, task.support, steps=1, lr=float("nan"))
+  lrs = jax.tree.map(lambda p: np.full(p.shape, 0.1, np.float32), params)
+  lrs["head"]["w"][2, 0] = np.inf
+  with pytest.raises(ValueError, match=r"lr\['head'\]\['w'\] must be finite, "
+                     r"but 1 of its 6 values are not"):
+    metajax.maml_loss(tiny_loss, params, task, steps=1, lr=lrs)

@@ -12,7 +12,7 @@ Meta-parameters are a dict: `{"params": model params}` plus `"lr"` when the
 learning rates are learned.
 """
 
-from typing import Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +23,12 @@ from metajax.algorithms.base import batch_mean_grad
 from metajax.algorithms.base import supervised_loss
 
 LearnLR = Optional[Literal["per_param", "per_step"]]
+AdaptMask = Union[None, Callable, Any]
 
 
 def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
          steps: int = 1, lr: float = 0.01, first_order: bool = False,
-         adapt_mask: Optional[Callable] = None, learn_lr: LearnLR = None,
+         adapt_mask: AdaptMask = None, learn_lr: LearnLR = None,
          step_weights: Optional[Sequence[float]] = None,
          remat: bool = False,
          metrics: Optional[Callable] = None) -> MetaLearner:
@@ -38,10 +39,16 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
     apply_fn: `apply_fn(params, x) -> predictions`, e.g. `model.apply`.
     loss: `loss(predictions, targets) -> scalar`, used in both loops.
     steps: inner gradient steps.
-    lr: inner learning rate, or the initial value of the learned rates.
+    lr: inner learning rate, or the initial value of the learned rates; a
+      finite real number.
     first_order: drop second-order terms (FOMAML).
-    adapt_mask: `adapt_mask(params) -> bool PyTree`; only True leaves adapt
-      (see `metajax.mask_by_path`). None adapts everything.
+    adapt_mask: which parameter arrays the inner loop adapts: None (all), a
+      PyTree of bools with the structure of the params, or a function
+      `adapt_mask(params) -> such a PyTree` (see `metajax.mask_by_path`);
+      only True leaves adapt. Leaves are Python bools or numpy / jnp boolean
+      scalars; a function runs eagerly even under `jax.jit`, so jnp bools it
+      builds are concrete, but it must not depend on the params' values.
+      Checked against the params by `init` and at every use.
     learn_lr: None (fixed `lr`), "per_param" (Meta-SGD: one rate per
       parameter element) or "per_step" (MAML++: one rate per parameter array
       and inner step).
@@ -55,13 +62,19 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
     A `MetaLearner`; its task state is the adapted parameters.
   """
   inner.check_steps(steps)
+  inner.check_scalar_lr(lr)
   if learn_lr not in (None, "per_param", "per_step"):
     raise ValueError(
         f"learn_lr must be None, 'per_param' or 'per_step', got {learn_lr!r}.")
+  if step_weights is not None:
+    inner.check_step_weights(step_weights, steps)
+  if adapt_mask is not None and not callable(adapt_mask):
+    adapt_mask = inner.check_mask(adapt_mask, name="adapt_mask")
   loss_fn = supervised_loss(apply_fn, loss)
 
   def init(key):
     params = init_fn(key)
+    inner.resolve_mask(adapt_mask, params)  # Mismatches show here, not later.
     meta_params = {"params": params}
     if learn_lr == "per_param":
       meta_params["lr"] = jax.tree.map(lambda p: jnp.full_like(p, lr), params)
@@ -74,7 +87,7 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
     params = meta_params["params"]
     return dict(steps=num_steps, lr=meta_params.get("lr", lr),
                 first_order=first_order,
-                mask=None if adapt_mask is None else adapt_mask(params),
+                mask=inner.resolve_mask(adapt_mask, params),
                 per_step_lr=learn_lr == "per_step", remat=remat)
 
   def task_loss(meta_params, task):
@@ -107,7 +120,16 @@ def anil(init_fn, apply_fn, loss, *, head: str = "head",
          **kwargs) -> MetaLearner:
   """ANIL: adapts only parameters under a module named `head`."""
   def head_only(params):
-    return inner.mask_by_path(params, lambda path: head in path.split("/"))
+    mask = inner.mask_by_path(params, lambda path: head in path.split("/"))
+    if not any(jax.tree.leaves(mask)):
+      paths = ["params" + jax.tree_util.keystr(p) for p, _ in
+               jax.tree_util.tree_flatten_with_path(params)[0]]
+      raise ValueError(
+          f"anil adapts the parameters under a module named head={head!r}, "
+          f"but no parameter path has that component (the parameters: "
+          f"{', '.join(paths[:6])}{' ...' if len(paths) > 6 else ''}); pass "
+          f"head=<the output module's name>, or use maml.")
+    return mask
   return maml(init_fn, apply_fn, loss, adapt_mask=head_only, **kwargs)
 
 
@@ -121,7 +143,12 @@ def maml_plus_plus(init_fn, apply_fn, loss, *, steps: int = 5,
   """MAML++ learned per-step rates with a uniform multi-step loss.
 
   Pass `step_weights` to weight the per-step query losses differently.
+  `steps` must be at least 1.
   """
+  if inner.check_steps(steps) == 0:
+    raise ValueError(
+        "maml_plus_plus learns one rate per inner step and weights the query "
+        "loss after each step, so it needs steps >= 1; got steps=0.")
   kwargs.setdefault("step_weights", [1.0 / steps] * steps)
   return maml(init_fn, apply_fn, loss, steps=steps, learn_lr="per_step",
               **kwargs)

@@ -60,6 +60,7 @@ def reptile(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
     "adapted_loss", the same after the inner loop, and those of `metrics`.
   """
   inner.check_steps(steps)
+  inner.check_scalar_lr(lr)
   test_steps = steps if test_steps is None else inner.check_steps(test_steps)
   loss_fn = supervised_loss(apply_fn, loss)
 
