@@ -1,11 +1,13 @@
 """metajax: functional meta-learning for JAX."""
 
 from metajax import algorithms
+from metajax import checkpoint
 from metajax import data
 from metajax import evaluation
 from metajax import models
 from metajax import sharding
 from metajax import tasks
+from metajax import workdir
 from metajax.algorithms import MetaLearner
 from metajax.evaluation import evaluate
 from metajax.experiments.fewshot_vision import load_predictor

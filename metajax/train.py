@@ -10,17 +10,22 @@ parameters as an uninterrupted run.
 Python out of the inner loop of small models; metrics are averaged over those
 steps, appended to `metrics.jsonl` (and to TensorBoard event files in
 `tensorboard/` when the tensorboard package is installed), and shown on a
-progress bar. Orbax
-checkpoints are written every `checkpoint_every` steps and at the end, and a
-run restarted with the same `workdir` resumes from the latest one.
+progress bar. Checkpoints (`metajax.checkpoint`: orbax, verified by SHA-256
+when written and when read) are written every `checkpoint_every` steps and
+at the end, and a run restarted with the same `workdir` resumes from the
+newest one that passes verification. No step's update is applied unless its
+loss, meta-gradient, parameters and optimiser state are all finite.
 
 Given a `mesh` (`metajax.sharding.task_mesh()`), each meta-batch is split over
 the mesh's devices, on one host or several, with the state replicated.
 """
 
+import contextlib
 import json
 import logging
+import numbers
 import os
+import shutil
 import socket
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
@@ -29,11 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 
+from metajax import checkpoint as checkpoint_lib
 from metajax import sharding as sharding_lib
 from metajax import tasks as tasks_lib
+from metajax import workdir as workdir_lib
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import map_tasks
 from metajax.algorithms.base import resolve_task_chunk
@@ -52,8 +58,8 @@ class TrainState(NamedTuple):
     opt_state: the optax optimiser's state.
     key: uint32 `[2]` PRNG key for the steps still to come.
     nonfinite_step: int32 scalar, the first step in this call of `train`
-      whose meta-gradient or loss was not finite, or -1. That step's update
-      is not applied.
+      whose loss, meta-gradient, updated parameters or optimiser state was
+      not finite, or -1. That step's update is not applied.
   """
   step: jax.Array
   meta_params: PyTree
@@ -69,6 +75,20 @@ def init_state(learner: MetaLearner, optimizer: optax.GradientTransformation,
   meta_params = learner.init(init_key)
   return TrainState(jnp.int32(0), meta_params, optimizer.init(meta_params),
                     run_key, jnp.int32(-1))
+
+
+# Bits of the per-step "nonfinite" metric: which part of a step was not finite.
+NONFINITE_LOSS, NONFINITE_GRADS, NONFINITE_PARAMS = 1, 2, 4
+
+
+def describe_nonfinite(bits: int) -> str:
+  """Words for a "nonfinite" bit set, e.g. "loss/metrics, meta-gradient"."""
+  parts = [name for bit, name in (
+      (NONFINITE_LOSS, "loss/metrics/gradient norm"),
+      (NONFINITE_GRADS, "meta-gradient"),
+      (NONFINITE_PARAMS, "updated parameters/optimiser state"))
+           if bits & bit]
+  return ", ".join(parts) or "nothing"
 
 
 def _all_finite(tree) -> jax.Array:
@@ -124,14 +144,20 @@ def make_train_step(learner: MetaLearner,
       # mean over tasks in `meta_grad` becomes an all-reduce.
       tasks = sharding_lib.shard_tasks(tasks, mesh)
     grads, metrics = learner.meta_grad(state.meta_params, tasks, grad_key)
-    finite = _all_finite(grads) & _all_finite(metrics)
     updates, opt_state = optimizer.update(grads, state.opt_state,
                                           state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    # A diverging run can keep finite gradients whose norm overflows, or
+    # finite gradients that a large rate turns into infinite parameters:
+    # every part of the step is checked, and which failed is reported.
+    nonfinite = (NONFINITE_LOSS * ~_all_finite(metrics)
+                 | NONFINITE_GRADS * ~_all_finite(grads)
+                 | NONFINITE_PARAMS * ~_all_finite((meta_params, opt_state)))
+    finite = nonfinite == 0
     keep_new = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(finite, n, o), new, old)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
-                   nonfinite=~finite)
+    metrics = dict(metrics, nonfinite=nonfinite.astype(jnp.int32))
     nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite,
                                state.step, state.nonfinite_step)
     # When halting, a non-finite step is not taken at all: the step count and
@@ -165,6 +191,37 @@ def make_train_step(learner: MetaLearner,
   return jax.jit(step_fn, out_shardings=sharding_lib.replicated(mesh))
 
 
+def read_metrics(path: str) -> List[Dict[str, Any]]:
+  """The records of a `metrics.jsonl`, tolerating a torn last line.
+
+  A run stopped in the middle of a write (a full disk, a kill) can leave
+  its last line incomplete: that line is dropped with a warning, since the
+  step it describes is past the last checkpoint and will be run again.
+
+  Raises:
+    ValueError: a line other than the last is not a JSON object with a
+      "step"; the message names the file and the line.
+  """
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line.decode("utf-8"))
+      int(record["step"])
+    except (ValueError, KeyError, TypeError) as e:
+      if not any(l.strip() for l in lines[number:]):
+        logging.warning("%s: dropped a torn last line %d (%s)", path,
+                        number, e)
+        break
+      raise ValueError(f"{path}, line {number}: not a metrics record "
+                       f"({type(e).__name__}: {e}).") from None
+    records.append(record)
+  return records
+
+
 class _MetricsLog:
   """Appends one JSON object per logged step to `metrics.jsonl`."""
 
@@ -174,15 +231,16 @@ class _MetricsLog:
     if path and os.path.exists(path):
       # Lines past the checkpoint we resume from describe steps that will be
       # re-run; keep the log equal to what an uninterrupted run writes.
-      with open(path) as f:
-        kept = [l for l in f if json.loads(l)["step"] <= resume_step]
-      with open(path, "w") as f:
-        f.writelines(kept)
+      kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
+      workdir_lib.write_atomic(path, "".join(json.dumps(r) + "\n"
+                                             for r in kept))
       if kept:
-        self.train_s = json.loads(kept[-1]).get("train_s", 0.0)
+        self.train_s = kept[-1].get("train_s", 0.0)
 
   def write(self, record: Dict[str, Any]):
     if self.path:
+      # One write of one whole line: a failure leaves at most a torn last
+      # line, which `read_metrics` drops.
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -255,12 +313,20 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
     num_steps: total meta-steps of the run (not of this call: a resumed run
       continues to `num_steps`).
     workdir: where `checkpoints/` and `metrics.jsonl` go; None keeps nothing.
+      The run holds it (`metajax.workdir.hold`): a second run on the same
+      workdir is refused while this one lives. A resumed run must pass the
+      same `key` and build the same parameter shapes, and `num_steps` no
+      smaller than the step it resumes from; otherwise it raises before
+      training.
     log_every: meta-steps per compiled call, per log line and per progress
       update.
     checkpoint_every: steps between checkpoints; rounded up to a multiple of
       `log_every`. The last step is always checkpointed.
-    fail_on_nonfinite: raise FloatingPointError at the first non-finite
-      meta-gradient (after checkpointing the last finite state); otherwise
+    fail_on_nonfinite: raise FloatingPointError, naming `desc`, the step and
+      what failed, at the first step whose loss, metrics, meta-gradient (or
+      its norm), updated parameters or optimiser state is not finite; that
+      update is not applied, and the last finite state is checkpointed
+      beside the earlier checkpoints, none of which is rotated out. Otherwise
       such steps are skipped and counted in the log.
     eval_fn: optional `eval_fn(meta_params) -> dict of floats`, run on the
       host every `eval_every` steps and logged. With a `mesh` it gets the
@@ -289,10 +355,11 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
   Returns:
     The final `TrainState` (replicated over `mesh` when one is given).
   """
-  if num_steps < 0 or log_every < 1 or checkpoint_every < 1:
-    raise ValueError(
-        f"need num_steps >= 0, log_every >= 1, checkpoint_every >= 1; got "
-        f"{num_steps}, {log_every}, {checkpoint_every}.")
+  for name, value, least in (("num_steps", num_steps, 0),
+                             ("log_every", log_every, 1),
+                             ("checkpoint_every", checkpoint_every, 1),
+                             ("eval_every", eval_every or 1, 1)):
+    _check_int(name, value, least)
   if keep_best and not (workdir and eval_fn and eval_every):
     raise ValueError(f"keep_best={keep_best!r} needs workdir, eval_fn and "
                      f"eval_every.")
@@ -308,110 +375,164 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
     # checkpoint takes the sharding of `state`.
     state, sample_tasks, stop_at = sharding_lib.replicate(
         (state, sample_tasks, stop_at), mesh)
+  # On several hosts every process runs this loop; one locks and logs.
+  primary = jax.process_index() == 0
+  with (workdir_lib.hold(workdir) if workdir and primary
+        else contextlib.nullcontext()):
+    checkpoints = None
+    if workdir:
+      checkpoints = checkpoint_lib.Checkpoints(
+          os.path.join(workdir, "checkpoints"), writer=True)
+      state = _resume(checkpoints, state, key, num_steps)
+    start = int(state.step)
+    if start:
+      logging.info("%s: resumed from step %d", desc, start)
+      if progress:
+        tqdm.tqdm.write(f"{desc}: resumed from step {start}")
+    logdir = workdir if primary else None
+    log = _MetricsLog(os.path.join(logdir, "metrics.jsonl") if logdir
+                      else None, start)
+    board = _TensorBoardLog(os.path.join(logdir, "tensorboard") if logdir
+                            else None)
+    t0 = time.perf_counter()
+    step_fn = make_train_step(
+        learner, optimizer, num_steps=log_every,
+        halt_on_nonfinite=fail_on_nonfinite, mesh=mesh,
+        task_chunk=task_chunk).lower(
+            state, sample_tasks, stop_at).compile()
+    compile_s = time.perf_counter() - t0
+    logging.info("%s: compiled %d meta-steps per call in %.1f s", desc,
+                 log_every, compile_s)
+    if progress:
+      # Shown, not only logged: with the persistent compilation cache a
+      # rerun's "compiled in" falls to the time of loading the program.
+      tqdm.tqdm.write(f"{desc}: compiled in {compile_s:.1f} s")
 
-  manager = None
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2))
-    if manager.latest_step() is not None:
-      # nonfinite_step reports on this call only: a run that halted is
-      # resumed to retry the step it stopped at.
-      state = restore_state(manager, state)._replace(
-          nonfinite_step=jnp.full_like(state.nonfinite_step, -1))
-  start = int(state.step)
-  # On several hosts every process runs this loop; one writes the logs.
-  logdir = workdir if jax.process_index() == 0 else None
-  log = _MetricsLog(os.path.join(logdir, "metrics.jsonl") if logdir
-                    else None, start)
-  board = _TensorBoardLog(os.path.join(logdir, "tensorboard") if logdir
-                          else None)
-  t0 = time.perf_counter()
-  step_fn = make_train_step(
-      learner, optimizer, num_steps=log_every,
-      halt_on_nonfinite=fail_on_nonfinite, mesh=mesh,
-      task_chunk=task_chunk).lower(
-          state, sample_tasks, stop_at).compile()
-  compile_s = time.perf_counter() - t0
-  logging.info("%s: compiled %d meta-steps per call in %.1f s", desc,
-               log_every, compile_s)
-  if progress:
-    # Shown, not only logged: with the persistent compilation cache a rerun's
-    # "compiled in" falls to the time of loading the program from disk.
-    tqdm.tqdm.write(f"{desc}: compiled in {compile_s:.1f} s")
-
-  bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step",
-                  disable=not progress, dynamic_ncols=True)
-  since_ckpt = 0
-  best = _BestParams(workdir, keep_best) if keep_best else None
-  try:
-    while int(state.step) < num_steps:
-      t0 = time.perf_counter()
-      previous = int(state.step)
-      state, metrics = step_fn(state, sample_tasks, stop_at)
-      metrics = jax.device_get(metrics)
-      seconds = time.perf_counter() - t0
-      ran = metrics.pop("ran")
-      nonfinite = metrics.pop("nonfinite")[ran]
-      step = int(state.step)
-      take = step - previous
-      log.train_s += seconds
-      record = {"step": step, "tasks_per_s": take * n_tasks / seconds,
-                "train_s": log.train_s}
-      if compile_s is not None:
-        record["compile_s"], compile_s = compile_s, None
-      finite = ran.copy()
-      finite[ran] = ~nonfinite
-      if finite.any():
-        record.update({k: float(np.mean(v[finite]))
-                       for k, v in metrics.items()})
-      if nonfinite.any():
-        record["nonfinite_steps"] = int(nonfinite.sum())
-      since_ckpt += take
-      if eval_fn is not None and eval_every and (
-          step // eval_every > previous // eval_every or step >= num_steps):
-        record.update(eval_fn(sharding_lib.local_copy(state.meta_params)))
-        if best:
-          best.offer(step, record, state.meta_params)
-      log.write(record)
-      board.write(record)
-      bar.update(take)
-      bar.set_postfix({k: f"{record[k]:.4g}" for k in record
-                       if k not in ("step", "grad_norm", "train_s")})
-      halted = fail_on_nonfinite and int(state.nonfinite_step) >= 0
-      if manager and (since_ckpt >= checkpoint_every or step >= num_steps
-                      or halted) and manager.latest_step() != step:
-        save_state(manager, state)
-        since_ckpt = 0
-      if halted and fail_on_nonfinite:
-        raise FloatingPointError(
-            f"non-finite meta-gradient or loss at step "
-            f"{int(state.nonfinite_step)}; its update was not applied. The "
-            f"last finite state (step {step})"
-            + (f" is checkpointed in {workdir}." if workdir else " is kept.")
-            + " Lower the learning rates or pass fail_on_nonfinite=False to"
-            " skip such steps.")
-  finally:
-    bar.close()
-    board.close()
-    if manager:
-      manager.wait_until_finished()
-      manager.close()
+    bar = tqdm.tqdm(total=num_steps, initial=start, desc=desc, unit="step",
+                    disable=not progress, dynamic_ncols=True)
+    since_ckpt = 0
+    best = _BestParams(workdir, keep_best) if keep_best else None
+    metadata = {"run_key": _key_list(key)}
+    try:
+      while int(state.step) < num_steps:
+        t0 = time.perf_counter()
+        previous = int(state.step)
+        state, metrics = step_fn(state, sample_tasks, stop_at)
+        metrics = jax.device_get(metrics)
+        seconds = time.perf_counter() - t0
+        ran = metrics.pop("ran")
+        nonfinite = metrics.pop("nonfinite")[ran]
+        step = int(state.step)
+        take = step - previous
+        log.train_s += seconds
+        record = {"step": step, "tasks_per_s": take * n_tasks / seconds,
+                  "train_s": log.train_s}
+        if compile_s is not None:
+          record["compile_s"], compile_s = compile_s, None
+        finite = ran.copy()
+        finite[ran] = nonfinite == 0
+        if finite.any():
+          record.update({k: float(np.mean(v[finite]))
+                         for k, v in metrics.items()})
+        if nonfinite.any():
+          record["nonfinite_steps"] = int(np.count_nonzero(nonfinite))
+        since_ckpt += take
+        halted = fail_on_nonfinite and int(state.nonfinite_step) >= 0
+        if eval_fn is not None and eval_every and not halted and (
+            step // eval_every > previous // eval_every or step >= num_steps):
+          record.update(eval_fn(sharding_lib.local_copy(state.meta_params)))
+          if best:
+            best.offer(step, record, state.meta_params)
+        log.write(record)
+        board.write(record)
+        bar.update(take)
+        bar.set_postfix({k: f"{record[k]:.4g}" for k in record
+                         if k not in ("step", "grad_norm", "train_s")})
+        if checkpoints and (since_ckpt >= checkpoint_every or
+                            step >= num_steps or halted) and (
+                                step not in checkpoints.steps()):
+          # A halted run's last finite state is kept for inspection and
+          # resumption, without rotating out the checkpoints before it.
+          checkpoints.save(step, state._asdict(), metadata=metadata,
+                           rotate=not halted)
+          since_ckpt = 0
+        if halted:
+          raise FloatingPointError(
+              f"{desc}: non-finite values at step "
+              f"{int(state.nonfinite_step)} (in: "
+              f"{describe_nonfinite(int(nonfinite[nonfinite != 0][0]))}); "
+              f"that update was not applied and training stopped. The last "
+              f"finite "
+              f"state (step {step})"
+              + (f" is checkpointed in {workdir}, beside the earlier "
+                 f"checkpoints." if workdir else " is returned with this "
+                 "error's state.")
+              + " Lower the learning rates, or pass fail_on_nonfinite=False "
+              "to skip such steps.")
+    finally:
+      bar.close()
+      board.close()
   return state
 
 
+def _check_int(name: str, value, least: int) -> None:
+  """A clear error for a count that is not an integer >= `least`."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an integer, got {value!r} "
+                    f"({type(value).__name__}).")
+  if value < least:
+    raise ValueError(f"{name} must be >= {least}, got {value}.")
+
+
+def _key_list(key: jax.Array) -> List[int]:
+  """The raw bits of a PRNG key, for comparing a resumed run's key."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  return np.asarray(jax.device_get(sharding_lib.local_copy(key)
+                                   if isinstance(key, jax.Array) else key)
+                    ).ravel().tolist()
+
+
+def _resume(checkpoints: checkpoint_lib.Checkpoints, state: TrainState,
+            key: jax.Array, num_steps: int) -> TrainState:
+  """`state` restored from the newest checkpoint that passes, if any."""
+  found = checkpoints.restore_latest(state._asdict())
+  if found is None:
+    return state
+  step, restored, metadata = found
+  saved_key = metadata.get("run_key")
+  if saved_key is not None and saved_key != _key_list(key):
+    raise ValueError(
+        f"{checkpoints.directory} holds a run started from key {saved_key}, "
+        f"but this call passes key {_key_list(key)} (another seed?). Resuming "
+        f"would mix two runs; use another workdir.")
+  if step > num_steps:
+    raise ValueError(
+        f"{checkpoints.path(step)} is at step {step}, past num_steps="
+        f"{num_steps}: its parameters were trained longer than asked. Pass "
+        f"num_steps >= {step}, or use another workdir.")
+  # nonfinite_step reports on this call only: a run that halted is resumed
+  # to retry the step it stopped at.
+  return TrainState(**restored)._replace(
+      nonfinite_step=jnp.full_like(state.nonfinite_step, -1))
+
+
 class _BestParams:
-  """The best-scoring meta-parameters so far, on disk so a resume keeps them."""
+  """The best-scoring meta-parameters so far, on disk so a resume keeps them.
+
+  They are a verified checkpoint in `best/<step>/`; `best.json`, written
+  atomically after it has passed, names the step, so it never points at a
+  half-written checkpoint, and the previous best is deleted only then.
+  """
 
   def __init__(self, workdir: str, metric: str):
-    self.path = os.path.abspath(os.path.join(workdir, "best"))
+    self.checkpoints = checkpoint_lib.Checkpoints(
+        os.path.join(workdir, "best"), keep=1, writer=True)
     self.info_path = os.path.join(workdir, "best.json")
     self.metric = metric
     self.score = -np.inf
     if os.path.exists(self.info_path):
-      with open(self.info_path) as f:
-        self.score = json.load(f)["score"]
+      self.score = _read_best_info(self.info_path)["score"]
 
   def offer(self, step: int, record: Dict[str, Any], meta_params) -> None:
     if self.metric not in record:
@@ -420,15 +541,26 @@ class _BestParams:
     score = float(record[self.metric])
     if not score > self.score:
       return
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(self.path, meta_params, force=True)
-    checkpointer.wait_until_finished()
-    # Written after the parameters, so best.json never names a half-saved
-    # checkpoint; by one process, as every host saves the same parameters.
+    if step not in self.checkpoints.steps():
+      self.checkpoints.save(step, meta_params, rotate=False)
     if jax.process_index() == 0:
-      with open(self.info_path, "w") as f:
-        json.dump({"step": step, "metric": self.metric, "score": score}, f)
+      workdir_lib.write_json(self.info_path, {
+          "step": step, "metric": self.metric, "score": score})
+    for old in self.checkpoints.steps():
+      if old != step and jax.process_index() == 0:
+        shutil.rmtree(self.checkpoints.path(old), ignore_errors=True)
     self.score = score
+
+
+def _read_best_info(path: str) -> Dict[str, Any]:
+  try:
+    with open(path) as f:
+      info = json.load(f)
+    return {"step": int(info["step"]), "metric": str(info["metric"]),
+            "score": float(info["score"])}
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}).") \
+        from None
 
 
 def restore_best(workdir: str, like: PyTree):
@@ -441,28 +573,36 @@ def restore_best(workdir: str, like: PyTree):
 
   Returns:
     `(meta_params, info)`, info being `{"step", "metric", "score"}`.
+
+  Raises:
+    FileNotFoundError: no best parameters were kept in `workdir`.
+    metajax.checkpoint.CheckpointError: they fail verification.
   """
   info_path = os.path.join(workdir, "best.json")
   if not os.path.exists(info_path):
     raise FileNotFoundError(f"{info_path} does not exist: no best "
                             f"meta-parameters were kept in {workdir}.")
-  with open(info_path) as f:
-    info = json.load(f)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  params = ocp.StandardCheckpointer().restore(
-      os.path.abspath(os.path.join(workdir, "best")), abstract)
+  info = _read_best_info(info_path)
+  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir, "best"))
+  params, _ = checkpoints.restore(info["step"], like)
   return params, info
 
 
-def save_state(manager: ocp.CheckpointManager, state: TrainState) -> None:
-  """Saves `state` under its step number."""
-  manager.save(int(state.step), args=ocp.args.StandardSave(state._asdict()))
+def restore_state(workdir: str, like: TrainState) -> TrainState:
+  """The newest verified `TrainState` checkpointed in `workdir`.
 
+  Args:
+    workdir: the `workdir` given to `train`.
+    like: a `TrainState` of the same structure (e.g. from `init_state`).
 
-def restore_state(manager: ocp.CheckpointManager,
-                  like: TrainState) -> TrainState:
-  """Restores the latest checkpoint into the structure of `like`."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like._asdict())
-  restored = manager.restore(manager.latest_step(),
-                             args=ocp.args.StandardRestore(abstract))
-  return TrainState(**restored)
+  Raises:
+    FileNotFoundError: `workdir` holds no checkpoint.
+    metajax.checkpoint.CheckpointError: none of its checkpoints passes
+      verification.
+  """
+  checkpoints = checkpoint_lib.Checkpoints(os.path.join(workdir,
+                                                        "checkpoints"))
+  found = checkpoints.restore_latest(like._asdict())
+  if found is None:
+    raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}.")
+  return TrainState(**found[1])

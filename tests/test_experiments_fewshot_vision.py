@@ -11,7 +11,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import metajax
@@ -79,8 +78,7 @@ def test_predictor_takes_raw_drawings_of_a_custom_episode(protonet_run,
   learner = fv.make_learner(config, 20, test=True)
   like = metajax.init_state(fv.make_learner(config, 5), fv._optimizer(config),
                             jax.random.PRNGKey(0))
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as m:
-    meta_params = restore_state(m, like).meta_params
+  meta_params = restore_state(workdir, like).meta_params
   prep = lambda x: omniglot.transform(x)[..., None]
   state = learner.adapt(meta_params, (prep(support_x), jnp.asarray(support_y)))
   np.testing.assert_allclose(
@@ -92,6 +90,59 @@ def test_predictor_takes_raw_drawings_of_a_custom_episode(protonet_run,
   jitted = jax.jit(predict, static_argnames="ways")
   np.testing.assert_allclose(jitted(support_x, support_y, query_x, ways=20),
                              logits, rtol=1e-5, atol=1e-4)
+
+
+def test_predictor_names_inputs_it_would_misread(protonet_run):
+  """Each error comes at the call, before any image reaches the network."""
+  workdir, _ = protonet_run
+  predict = metajax.load_predictor(workdir)
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (5, 105, 105), dtype=np.uint8)
+  y = np.arange(5)
+  assert predict(x, y, x[:3]).shape == (3, 5)
+  with pytest.raises(ValueError, match=r"support_x must be uint8 \[n, 105, "
+                     r"105\] omniglot images .*; got float32 \[5, 105, 105\]"):
+    predict(x.astype(np.float32) / 255, y, x)
+  with pytest.raises(ValueError, match=r"query_x must be uint8 \[n, 105, 105\]"
+                     r".*; got uint8 \[3, 105, 105, 1\]"):
+    predict(x, y, x[:3, ..., None])
+  with pytest.raises(ValueError, match=r"query_x .*; got uint8 \[3, 28, 28\]"):
+    predict(x, y, x[:3, :28, :28])
+  # 1-based labels used to make a 6-way episode with an empty class 0.
+  with pytest.raises(ValueError, match=r"support_y has no example of class "
+                     r"\[0\] of the 6-way episode \(labels from 1 to 5\)"):
+    predict(x, y + 1, x)
+  with pytest.raises(ValueError, match=r"support_y must hold labels in "
+                     r"\[0, 5\).*got labels from 1 to 5"):
+    predict(x, y + 1, x, ways=5)
+  with pytest.raises(ValueError, match=r"support_y has no example of classes "
+                     r"\[5, 6\] of the 7-way episode"):
+    predict(x, y, x, ways=7)
+  with pytest.raises(ValueError, match=r"support_y must be integer labels "
+                     r"\[n_support\] = \[5\].*got float64 \[5\]"):
+    predict(x, y.astype(np.float64), x)
+  with pytest.raises(ValueError, match=r"support_y must be integer labels.*got "
+                     r"int64 \[4\]"):
+    predict(x, y[:4], x)
+  with pytest.raises(TypeError, match=r"ways must be a Python int >= 1.*got "
+                     r"float 5.0"):
+    predict(x, y, x, ways=5.0)
+  with pytest.raises(TypeError, match=r"pass ways=\.\.\. explicitly"):
+    jax.jit(predict)(x, y, x)
+
+
+def test_predictor_inputs_of_colour_datasets_keep_their_channels():
+  config = fv.Config(dataset="mini_imagenet", data_dir="unused")
+  images = np.zeros((4, 84, 84, 3), np.uint8)
+  assert fv._check_episode(config, images, np.arange(4) % 2, images,
+                           None) == 2
+  with pytest.raises(ValueError, match=r"support_x must be uint8 \[n, 84, 84, "
+                     r"3\] mini_imagenet images .*; got uint8 \[4, 84, 84\]"):
+    fv._check_episode(config, images[..., 0], np.arange(4), images, None)
+  cifar = fv.Config(dataset="cifar_fs", data_dir="unused")
+  with pytest.raises(ValueError, match=r"query_x must be uint8 \[n, 32, 32, "
+                     r"3\].*got uint8 \[4, 84, 84, 3\]"):
+    fv._check_episode(cifar, images[:, :32, :32], np.arange(4), images, None)
 
 
 def _flags(workdir, data_dir, cache_dir, num_steps, compilation_cache):
@@ -109,8 +160,7 @@ def _flags(workdir, data_dir, cache_dir, num_steps, compilation_cache):
 def _restore_params(workdir, config):
   like = metajax.init_state(fv.make_learner(config, config.ways),
                             fv._optimizer(config), jax.random.PRNGKey(0))
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as m:
-    return restore_state(m, like)
+  return restore_state(workdir, like)
 
 
 def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(
@@ -183,3 +233,51 @@ def test_docs_example_runs_on_a_trained_workdir(protonet_run,
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "20-way 1-shot episode from Balinese/character01" in proc.stdout
   assert "accuracy" in proc.stdout and "on 60 query drawings" in proc.stdout
+
+
+def test_episodes_that_cannot_be_drawn_are_refused_before_training(
+    shared_data_dir, omniglot_cache, tmp_path):
+  workdir = str(tmp_path / "w")
+  # 1,692 test classes (Vinyals split), 20 drawings of each.
+  with pytest.raises(ValueError, match=r"2000-way episodes need 2000 classes "
+                     r"but the test split has 1692"):
+    fv.train_and_evaluate(_config(shared_data_dir, omniglot_cache,
+                                  test_ways=(5, 2000)), workdir)
+  with pytest.raises(ValueError, match=r"of the test split has 20 examples, "
+                     r"fewer than shots \+ query = 22"):
+    fv.train_and_evaluate(_config(shared_data_dir, omniglot_cache,
+                                  test_shots=2, test_query=20,
+                                  val_episodes=0), workdir)
+  # Refused before anything was trained or written.
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("meta_batch_size", 0, "meta_batch_size must be >= 1"),
+    ("query", -1, "query must be >= 1"),
+    ("width", 0, "width must be >= 1"),
+    ("ways", 1, "ways must be >= 2"),
+    ("outer_lr", 0.0, "outer_lr must be a finite learning rate > 0"),
+    ("inner_lr", -0.4, "inner_lr must be a finite learning rate > 0"),
+    ("outer_lr", float("nan"), "outer_lr must be a finite learning rate"),
+])
+def test_bad_flags_are_named_before_any_work(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    _config("/nonexistent", "", **{field: value}).validate()
+
+
+def test_a_rerun_with_other_training_settings_is_refused(protonet_run):
+  workdir, results = protonet_run
+  config = fv.read_config(workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    before = f.read()
+  changed = fv.Config(**{**vars(config), "seed": 1, "width": 16})
+  with pytest.raises(ValueError) as info:
+    fv.train_and_evaluate(changed, workdir)
+  message = str(info.value)
+  assert "--seed: 0 in the workdir, 1 now" in message
+  assert "--width: 8 in the workdir, 16 now" in message
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert f.read() == before  # nothing relabelled
+  assert fv.read_config(workdir) == config

@@ -160,3 +160,52 @@ def test_bad_config_and_bad_files_are_reported(tmp_path):
   with pytest.raises(kt.KTFormatError, match=r"broken_train.csv, student "
                      r"block 2 \(line 6\): answers must be 0 or 1, found 7"):
     sp.train_and_evaluate(config, str(tmp_path / "out"))
+
+
+def test_support_sizes_beyond_the_sequences_are_refused_before_training(
+    third_dataset, tmp_path):
+  data_dir, _ = third_dataset
+  config = sp.Config(dataset="kt_sample", data_dir=data_dir, fold=0,
+                     support_sizes=(0, 3, 5000), window=6000,
+                     progress=False)
+  with pytest.raises(ValueError, match=r"support_sizes \[5000\]: no test "
+                     r"student has more than \d+ answers"):
+    sp.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "joint")
+  with pytest.raises(ValueError, match=r"must be below window=200"):
+    sp.Config(support_sizes=(0, 200)).validate()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("meta_batch_size", 0, "meta_batch_size must be >= 1"),
+    ("embed_dim", 0, "embed_dim must be >= 1"),
+    ("personal_dim", -2, "personal_dim must be >= 1"),
+    ("outer_lr", -1e-3, "outer_lr must be a finite learning rate > 0"),
+    ("inner_lr", 0.0, "inner_lr must be a finite learning rate > 0"),
+])
+def test_bad_values_are_rejected_up_front(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    sp.Config(**{field: value}).validate()
+  with pytest.raises(ValueError, match="hidden must be >= 1"):
+    sp.Config(model="dkt", hidden=0).validate()
+
+
+def test_a_rerun_with_other_support_sizes_is_refused(third_dataset,
+                                                     tmp_path):
+  data_dir, _ = third_dataset
+  config = sp.Config(dataset="kt_sample", data_dir=data_dir, fold=0,
+                     algorithms=("maml",), support_sizes=(0, 5),
+                     num_steps=4, meta_batch_size=4, window=50,
+                     online_every=50, eval_batch=64, bootstrap=20,
+                     log_every=2, checkpoint_every=2, eval_every=2,
+                     progress=False)
+  workdir = str(tmp_path)
+  first = sp.train_and_evaluate(config, workdir)
+  with pytest.raises(ValueError, match=r"--support_sizes: \[0, 5\] in the "
+                     r"workdir, \[0, 3\] now"):
+    sp.train_and_evaluate(
+        sp.Config(**{**vars(config), "support_sizes": (0, 3)}), workdir)
+  # More steps and another bootstrap size only extend and re-evaluate.
+  more = sp.train_and_evaluate(
+      sp.Config(**{**vars(config), "num_steps": 6, "bootstrap": 30}), workdir)
+  assert more["num_steps"] == 6 and first["num_steps"] == 4

@@ -43,7 +43,6 @@ if mode == "multi":
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 import metajax
 from metajax import algorithms, sharding
@@ -125,8 +124,7 @@ else:
   out["params"] = params(state)
   out["replicated"] = replicated(state)
   out["eval_devices"] = eval_devices
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
-    restored = restore_state(manager, state)
+  restored = restore_state(workdir, state)
   out["restored_step"] = int(restored.step)
   out["restored_replicated"] = replicated(restored)
   out["restored_equal"] = params(restored) == out["params"]

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 import metajax
@@ -122,14 +121,14 @@ def test_non_finite_meta_gradient_fails_fast_and_keeps_the_last_good_state(
   # An inner learning rate of 1e4 makes the adapted parameters overflow.
   exploding = _learner(lr=1e4, steps=5)
   with pytest.raises(FloatingPointError,
-                     match=r"non-finite meta-gradient or loss at step 0"):
+                     match=r"meta-train: non-finite values at step 0 \(in: "
+                     r"loss/metrics"):
     _train(str(tmp_path), 20, learner=exploding)
   mngr_dir = tmp_path / "checkpoints"
   assert sorted(os.listdir(mngr_dir)) == ["0"]
   # Nothing was lost: the checkpoint holds the finite initial parameters.
   init = metajax.init_state(exploding, optax.adam(1e-2), jax.random.PRNGKey(0))
-  with ocp.CheckpointManager(str(mngr_dir)) as manager:
-    restored = restore_state(manager, init)
+  restored = restore_state(str(tmp_path), init)
   chex.assert_trees_all_equal(restored.meta_params, init.meta_params)
   assert int(restored.step) == 0 and int(restored.nonfinite_step) == 0
   # Resuming with the fault fixed retries the step that failed.
@@ -151,7 +150,7 @@ def test_non_finite_steps_can_be_skipped_instead(tmp_path):
 
 
 def test_bad_arguments_are_rejected():
-  with pytest.raises(ValueError, match="log_every >= 1"):
+  with pytest.raises(ValueError, match="log_every must be >= 1, got 0"):
     _train(None, 10, log_every=0)
   bad_sampler = lambda key: metajax.Task((jnp.zeros((4, 5, 1)),),
                                          (jnp.zeros((3, 5, 1)),))
@@ -226,3 +225,139 @@ def test_keep_best_errors(tmp_path):
            keep_best="auc")
   with pytest.raises(FileNotFoundError, match="no best meta-parameters"):
     metajax.restore_best(str(tmp_path / "b"), {})
+
+
+def _checkpoint_files(folder):
+  found = []
+  for root, _, files in os.walk(folder):
+    found += [os.path.join(root, n) for n in files
+              if n != metajax.checkpoint.MANIFEST]
+  return sorted(found, key=os.path.getsize, reverse=True)
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_and_the_run_still_exact(
+    tmp_path):
+  full = _train(str(tmp_path / "full"), 30)
+  part = str(tmp_path / "part")
+  _train(part, 20)  # checkpoints at 10 and 20
+  # A flipped byte in the newest checkpoint's largest array file.
+  victim = _checkpoint_files(os.path.join(part, "checkpoints", "20"))[0]
+  with open(victim, "r+b") as f:
+    data = bytearray(f.read())
+    data[len(data) // 2] ^= 0x40
+    f.seek(0)
+    f.write(data)
+  resumed = _train(part, 30)  # from step 10, not from the corrupt 20
+  chex.assert_trees_all_equal(resumed.meta_params, full.meta_params)
+  chex.assert_trees_all_equal(resumed.opt_state, full.opt_state)
+  assert [r["step"] for r in _log(part)] == [5, 10, 15, 20, 25, 30]
+  assert len(os.listdir(os.path.join(part, "checkpoints", "corrupt"))) == 1
+
+
+def test_the_last_finite_state_checkpointed_is_finite(tmp_path):
+  # Finite gradients, but an outer rate that sends the parameters to inf.
+  with pytest.raises(FloatingPointError, match=r"updated parameters"):
+    metajax.train(_learner(), optax.sgd(1e38), SAMPLER,
+                  key=jax.random.PRNGKey(0), num_steps=20,
+                  workdir=str(tmp_path), log_every=5, progress=False)
+  init = metajax.init_state(_learner(), optax.sgd(1e38),
+                            jax.random.PRNGKey(0))
+  restored = restore_state(str(tmp_path), init)
+  for leaf in jax.tree.leaves((restored.meta_params, restored.opt_state)):
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+
+
+def _huge_gradient_learner():
+  """Finite loss and gradients whose norm overflows float32 (a divergence)."""
+  def meta_grad(params, tasks, key):
+    del tasks, key
+    loss, grads = jax.value_and_grad(lambda p: 1e19 * jnp.sum(p))(params)
+    return grads, {"loss": loss}
+  return algorithms.MetaLearner(
+      init=lambda key: jnp.ones((4,)), meta_grad=meta_grad,
+      adapt=lambda params, support: params,
+      predict=lambda params, state, x: x)
+
+
+def test_divergence_stops_at_the_first_non_finite_gradient_norm(tmp_path):
+  with pytest.raises(FloatingPointError,
+                     match=r"huge: non-finite values at step 0 \(in: "
+                           r"loss/metrics/gradient norm\)"):
+    metajax.train(_huge_gradient_learner(), optax.adam(1e-3), SAMPLER,
+                  key=jax.random.PRNGKey(0), num_steps=10,
+                  workdir=str(tmp_path), log_every=5, progress=False,
+                  desc="huge")
+  assert os.listdir(tmp_path / "checkpoints") == ["0"]
+
+
+def test_a_resume_with_another_key_or_shape_or_fewer_steps_is_refused(
+    tmp_path):
+  _train(str(tmp_path), 10)
+  with pytest.raises(ValueError, match="another seed"):
+    metajax.train(_learner(), optax.adam(1e-2), SAMPLER,
+                  key=jax.random.PRNGKey(1), num_steps=20,
+                  workdir=str(tmp_path), log_every=5, progress=False)
+  wider = MLP((32,), 1)
+  learner = algorithms.maml(lambda k: wider.init(k, jnp.zeros((1, 1))),
+                            wider.apply, algorithms.mse, steps=1, lr=0.01)
+  with pytest.raises(metajax.checkpoint.CheckpointMismatchError,
+                     match=r"Dense_0'\]\['kernel'\]: checkpoint "
+                           r"float32\[1, 16\], now float32\[1, 32\]"):
+    _train(str(tmp_path), 20, learner=learner)
+  with pytest.raises(ValueError, match="at step 10, past num_steps=5"):
+    _train(str(tmp_path), 5)
+  # None of these touched the run: it resumes as if never interrupted.
+  assert _train(str(tmp_path), 10).step == 10
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
+
+
+def test_a_torn_last_log_line_is_dropped_with_a_warning(tmp_path, caplog):
+  full = _train(str(tmp_path / "full"), 20)
+  part = str(tmp_path / "part")
+  _train(part, 10)
+  with open(os.path.join(part, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 15, "loss": 0.3')  # what a full disk leaves
+  import logging
+  with caplog.at_level(logging.WARNING):
+    resumed = _train(part, 20)
+  assert "torn last line" in caplog.text and "metrics.jsonl" in caplog.text
+  chex.assert_trees_all_equal(resumed.meta_params, full.meta_params)
+  assert [r["step"] for r in _log(part)] == [5, 10, 15, 20]
+
+
+def test_a_corrupt_log_line_inside_the_file_is_named(tmp_path):
+  _train(str(tmp_path), 10)
+  path = os.path.join(tmp_path, "metrics.jsonl")
+  with open(path) as f:
+    lines = f.readlines()
+  with open(path, "w") as f:
+    f.writelines(["garbage\n"] + lines)
+  with pytest.raises(ValueError, match=r"metrics.jsonl, line 1: not a "
+                                       r"metrics record"):
+    _train(str(tmp_path), 20)
+  with open(path) as f:
+    assert f.readlines() == ["garbage\n"] + lines  # left as it was
+
+
+@pytest.mark.parametrize("bad", [2.5, "10", True])
+def test_step_counts_must_be_integers(bad):
+  with pytest.raises(TypeError, match="num_steps must be an integer"):
+    _train(None, bad)
+
+
+def test_a_workdir_held_by_another_run_is_refused(tmp_path):
+  code = ("import time; from metajax import workdir\n"
+          f"with workdir.hold({str(tmp_path)!r}):\n"
+          "  print('held', flush=True); time.sleep(600)\n")
+  proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          text=True, cwd=os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__))))
+  try:
+    assert proc.stdout.readline().strip() == "held"
+    with pytest.raises(metajax.workdir.WorkdirBusyError,
+                       match=f"PID {proc.pid}"):
+      _train(str(tmp_path), 10)
+    assert not os.path.exists(tmp_path / "checkpoints")
+  finally:
+    proc.kill()
+    proc.wait()

@@ -1,15 +1,20 @@
-"""What every experiment does around its training: cache, versions, files."""
+"""What every experiment does around its training: cache, versions, files,
+and the checks that a rerun continues the same run."""
 
 import dataclasses
+import glob
 import json
+import math
 import os
 import platform
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 from absl import flags
 from absl import logging
 import jax
+
+from metajax import workdir as workdir_lib
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "metajax",
                                  "xla")
@@ -46,17 +51,90 @@ def environment() -> Dict[str, Any]:
   }
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` as indented JSON, atomically (a crash leaves the old file).
+def check_rerun(workdir: str, config, may_change: Sequence[str]) -> None:
+  """Refuses to resume `workdir` with settings that change what is trained.
 
-  On several hosts each process writes the same file through its own
-  temporary one, so that their writes cannot collide.
+  The settings a run started with are in `workdir/config.json` (or, for
+  older workdirs, the "config" of `results.json`). Fields named in
+  `may_change` only extend or re-evaluate a run (more steps, more test
+  episodes, logging); any other field that differs would resume parameters
+  trained one way under a label that says another.
+
+  Raises:
+    ValueError: naming each differing flag with its value in the workdir
+      and now; nothing in `workdir` is touched.
   """
-  tmp = f"{path}.{jax.process_index()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  saved = None
+  for name, key in (("config.json", None), ("results.json", "config")):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      try:
+        with open(path) as f:
+          saved = json.load(f)
+      except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); cannot check that "
+                         f"this run continues the one in {workdir}.") from None
+      saved = saved.get(key) if key else saved
+      break
+  if not saved:
+    return
+  now = json.loads(json.dumps(dataclasses.asdict(config)))
+  defaults = json.loads(json.dumps(dataclasses.asdict(type(config)())))
+  differ = [(name, saved.get(name, defaults[name]), value)
+            for name, value in now.items()
+            if name not in may_change
+            and saved.get(name, defaults[name]) != value]
+  if differ:
+    lines = "\n".join(f"  --{name}: {old!r} in the workdir, {new!r} now"
+                      for name, old, new in differ)
+    raise ValueError(
+        f"{workdir} holds a run trained with other settings:\n{lines}\n"
+        f"Resuming it would train on, or label its results with, settings "
+        f"it was not trained with. Use another --workdir, or the workdir's "
+        f"values. Only these may change on a rerun: "
+        f"{', '.join(sorted(may_change))}.")
+
+
+def check_not_past(workdir: str, num_steps: int) -> None:
+  """Refuses a `num_steps` below the step a workdir's run has reached.
+
+  Looks at `workdir/checkpoints/` and the learners' `workdir/*/checkpoints/`.
+  Checked before `save_config`, so that config.json never labels a run with
+  fewer steps than its parameters were trained for.
+  """
+  for folder in sorted(glob.glob(os.path.join(workdir, "checkpoints")) +
+                       glob.glob(os.path.join(workdir, "*", "checkpoints"))):
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()]
+    if steps and max(steps) > num_steps:
+      raise ValueError(
+          f"{os.path.join(folder, str(max(steps)))} is at step {max(steps)}, "
+          f"past --num_steps={num_steps}: its parameters were trained "
+          f"longer than asked. Pass --num_steps >= {max(steps)}, or use "
+          f"another --workdir.")
+
+
+def save_config(workdir: str, config) -> None:
+  """Writes `config` to `workdir/config.json` (atomically)."""
+  workdir_lib.write_json(os.path.join(workdir, "config.json"),
+                         dataclasses.asdict(config))
+
+
+def check_positive(config, names: Sequence[str], least: int = 1) -> None:
+  """A ValueError naming the first field of `names` below `least`."""
+  for name in names:
+    value = getattr(config, name)
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if any(v < least for v in values):
+      raise ValueError(f"{name} must be >= {least}, got {value}.")
+
+
+def check_rates(config, names: Sequence[str]) -> None:
+  """A ValueError naming the first learning rate that is not finite and > 0."""
+  for name in names:
+    value = getattr(config, name)
+    if not (math.isfinite(value) and value > 0):
+      raise ValueError(f"{name} must be a finite learning rate > 0, got "
+                       f"{value}.")
 
 
 def start(flag_values, compilation_cache: str) -> None:

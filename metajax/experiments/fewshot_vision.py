@@ -6,7 +6,9 @@ meta-validation / meta-test classes, meta-trains the configured learner with
 evaluates it on meta-test episodes (mean accuracy with a 95% confidence
 interval for every requested test way count), and writes into `workdir`:
 
-  config.json      the configuration, read back by `load_predictor`
+  config.json      the configuration, read back by `load_predictor`; a
+                   rerun that changes a setting that defines what is
+                   trained is refused (`Config.RERUN_MAY_CHANGE`)
   results.json     config, versions, wall times, test accuracies with CIs
   metrics.jsonl    training loss/accuracy and validation accuracy per log step
   curves.png       the learning curves
@@ -17,7 +19,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, ClassVar, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +28,7 @@ import optax
 
 from metajax import algorithms
 from metajax import sharding
+from metajax import workdir as workdir_lib
 from metajax.data import download
 from metajax.data import episodes
 from metajax.data import mini_imagenet
@@ -39,6 +42,7 @@ from metajax.models import Conv4
 from metajax.models import RelationEmbedding
 from metajax.models import RelationModule
 from metajax.models import ResNet12
+from metajax.train import read_metrics
 from metajax.train import train
 
 # Learners whose model ends in a `ways`-unit classifier adapted by gradient.
@@ -98,8 +102,24 @@ class Config:
   shard_tasks: bool = False
   task_chunk: str = "auto"
 
+  # Fields that only extend, re-evaluate or relocate a run: a rerun may
+  # change them.
+  RERUN_MAY_CHANGE: ClassVar[Tuple[str, ...]] = (
+      "num_steps", "test_ways", "test_shots", "test_query", "test_inner_steps",
+      "eval_every", "val_episodes", "eval_episodes", "data_dir", "cache_dir",
+      "trust_download", "log_every", "checkpoint_every", "progress",
+      "shard_tasks", "task_chunk")
+
   def validate(self):
     _task_chunk(self.task_chunk)
+    common.check_positive(self, ("ways", "test_ways"), least=2)
+    common.check_positive(self, (
+        "shots", "query", "test_query", "meta_batch_size", "inner_steps",
+        "num_steps", "width", "log_every", "checkpoint_every"))
+    common.check_positive(self, ("test_shots", "test_inner_steps",
+                                 "lr_halve_every", "eval_every",
+                                 "val_episodes"), least=0)
+    common.check_rates(self, ("inner_lr", "outer_lr"))
     for name, allowed in (("algorithm", ALGORITHMS), ("dataset", DATASETS),
                           ("split", omniglot.SPLITS),
                           ("source", OMNIGLOT_SOURCES),
@@ -243,8 +263,7 @@ def _plot_curves(path: str, metrics_path: str, title: str,
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  with open(metrics_path) as f:
-    rows = [json.loads(line) for line in f]
+  rows = read_metrics(metrics_path)
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
   series = lambda key: ([r["step"] for r in rows if key in r],
                         [r[key] for r in rows if key in r])
@@ -275,29 +294,53 @@ def _training_seconds(metrics_path: str, tasks_per_step: int) -> float:
   throughput, so the sum survives interruptions and resumes.
   """
   total, previous = 0.0, 0
-  with open(metrics_path) as f:
-    for line in f:
-      row = json.loads(line)
-      if row.get("tasks_per_s"):
-        total += (row["step"] - previous) * tasks_per_step / row["tasks_per_s"]
-      previous = row["step"]
+  for row in read_metrics(metrics_path):
+    if row.get("tasks_per_s"):
+      total += (row["step"] - previous) * tasks_per_step / row["tasks_per_s"]
+    previous = row["step"]
   return total
 
 
 def train_and_evaluate(config: Config, workdir: str) -> Dict:
   """Trains (resuming from `workdir`), tests, and writes the run's files."""
   config.validate()
-  start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
-  common.write_json(os.path.join(workdir, "config.json"),
-                    dataclasses.asdict(config))
-  splits = load_splits(config)
-  if config.train_on_val:
-    if "val" not in splits:
-      raise ValueError(f"train_on_val: the {config.dataset} "
-                       f"{config.split} split has no validation classes.")
-    splits = {"train": episodes.concat([splits["train"], splits["val"]]),
-              "test": splits["test"]}
+  with workdir_lib.hold(workdir):
+    common.check_rerun(workdir, config, config.RERUN_MAY_CHANGE)
+    start = time.perf_counter()
+    splits = load_splits(config)
+    if config.train_on_val:
+      if "val" not in splits:
+        raise ValueError(f"train_on_val: the {config.dataset} "
+                         f"{config.split} split has no validation classes.")
+      splits = {"train": episodes.concat([splits["train"], splits["val"]]),
+                "test": splits["test"]}
+    check_episodes_fit(config, splits)
+    common.check_not_past(workdir, config.num_steps)
+    common.save_config(workdir, config)
+    return _train_and_evaluate(config, workdir, splits, start)
+
+
+def check_episodes_fit(config: Config, splits) -> None:
+  """Raises, before any training, if an episode of any split cannot be drawn.
+
+  Training episodes come from "train", validation ones (the first test way
+  count) from "val" when it is used, and test ones from "test" at every
+  test way count; each must have enough classes and, in every class,
+  enough examples for shots + query.
+  """
+  test_shots = config.test_shots or config.shots
+  episodes.check_episode_fits(splits["train"], config.ways, config.shots,
+                              config.query, "train")
+  if "val" in splits and config.val_episodes:
+    episodes.check_episode_fits(splits["val"], config.test_ways[0],
+                                test_shots, config.test_query, "val")
+  for ways in config.test_ways:
+    episodes.check_episode_fits(splits["test"], ways, test_shots,
+                                config.test_query, "test")
+
+
+def _train_and_evaluate(config: Config, workdir: str, splits,
+                        start: float) -> Dict:
   train_key, val_key, test_key = jax.random.split(
       jax.random.PRNGKey(config.seed), 3)
   sampler = episodes.episode_sampler(
@@ -357,7 +400,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
       "config": dataclasses.asdict(config),
       "environment": common.environment(),
   }
-  common.write_json(os.path.join(workdir, "results.json"), results)
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 
@@ -389,6 +432,84 @@ def read_config(workdir: str) -> Config:
   return Config(**values)
 
 
+def _source_image_shape(config: Config) -> Tuple[int, ...]:
+  """The shape of one image as `load_predictor` takes it: the source's.
+
+  Omniglot drawings come at 105x105 from every source (the training
+  preprocessing resizes them); the colour datasets at the model's input size
+  (`INPUT_SHAPES`), since `input_transform` uses them as they are.
+  """
+  if config.dataset == "omniglot":
+    return (omniglot_official.SIZE, omniglot_official.SIZE)
+  side, channels = INPUT_SHAPES[config.dataset]
+  return (side, side, channels)
+
+
+def _check_episode(config: Config, support_x, support_y, query_x,
+                   ways: Optional[int]) -> int:
+  """Checks `load_predictor`'s inputs; returns the number of ways.
+
+  Shapes and dtypes are checked always; the label values only when they are
+  concrete (under `jax.jit` they are traced, and `ways` must be given).
+
+  Raises:
+    ValueError / TypeError naming the argument, what was found and what was
+    expected.
+  """
+  shape = _source_image_shape(config)
+  layout = "[n, " + ", ".join(map(str, shape)) + "]"
+  note = " (255 = paper)" if config.dataset == "omniglot" else ""
+  for name, x in (("support_x", support_x), ("query_x", query_x)):
+    x_shape, x_dtype = np.shape(x), getattr(x, "dtype", None)
+    if x_dtype is None:
+      x_dtype = np.asarray(x).dtype
+    if x_dtype != np.uint8 or len(x_shape) != len(shape) + 1 or (
+        x_shape[1:] != shape):
+      raise ValueError(
+          f"{name} must be uint8 {layout} {config.dataset} images as the data "
+          f"source gives them{note}; got {x_dtype} {list(x_shape)}. "
+          f"load_predictor applies the training preprocessing itself.")
+  n_support = np.shape(support_x)[0]
+  if n_support == 0:
+    raise ValueError("support_x holds no image; every class needs one.")
+  y_dtype = getattr(support_y, "dtype", None)
+  if y_dtype is None:
+    y_dtype = np.asarray(support_y).dtype
+  if (not np.issubdtype(y_dtype, np.integer) or
+      np.shape(support_y) != (n_support,)):
+    raise ValueError(
+        f"support_y must be integer labels [n_support] = [{n_support}], one "
+        f"per support image; got {y_dtype} {list(np.shape(support_y))}.")
+  if ways is not None and (isinstance(ways, bool) or
+                           not isinstance(ways, (int, np.integer)) or
+                           ways < 1):
+    raise TypeError(
+        f"ways must be a Python int >= 1 (a static argument under jax.jit), "
+        f"got {type(ways).__name__} {ways!r}.")
+  if isinstance(support_y, jax.core.Tracer):
+    if ways is None:
+      raise TypeError(
+          "support_y is traced (under jax.jit), so ways cannot be read from "
+          "it: pass ways=... explicitly, as a static argument.")
+    return int(ways)
+  labels = np.asarray(support_y)
+  if labels.min() < 0 or (ways is not None and labels.max() >= ways):
+    upper = "ways" if ways is None else ways
+    raise ValueError(
+        f"support_y must hold labels in [0, {upper}), 0-based class indices; "
+        f"got labels from {labels.min()} to {labels.max()}.")
+  ways = int(labels.max()) + 1 if ways is None else int(ways)
+  missing = sorted(set(range(ways)) - set(labels.tolist()))
+  if missing:
+    raise ValueError(
+        f"support_y has no example of class{'es' if len(missing) > 1 else ''} "
+        f"{missing[:10]}{' ...' if len(missing) > 10 else ''} of the "
+        f"{ways}-way episode (labels from {labels.min()} to {labels.max()}); "
+        f"labels must be 0-based class indices with every class in "
+        f"[0, ways) present.")
+  return ways
+
+
 def load_predictor(workdir: str) -> Callable:
   """A trained few-shot classifier as a pure function of raw images.
 
@@ -398,33 +519,30 @@ def load_predictor(workdir: str) -> Callable:
   Returns:
     `predict(support_x, support_y, query_x, ways=None) -> logits`:
       support_x: uint8 `[n_support, H, W]` images exactly as the data source
-        gives them (Omniglot: 105x105, 255 = paper); the training
+        gives them (Omniglot: 105x105, 255 = paper; the colour datasets
+        `[n_support, H, W, 3]` at their `INPUT_SHAPES` side); the training
         preprocessing is applied inside.
-      support_y: int `[n_support]` labels in [0, ways).
-      query_x: uint8 `[n_query, H, W]`.
+      support_y: int `[n_support]` labels in [0, ways), every class present.
+      query_x: uint8, each image shaped as in `support_x`.
       ways: number of classes; by default `max(support_y) + 1`, which needs
         concrete labels (pass it explicitly under `jax.jit`).
       Returns float32 `[n_query, ways]` logits (argmax = predicted label).
     Metric-based learners accept any `ways`; gradient-based ones (MAML family,
-    Reptile) only the ways their classifier was trained with.
+    Reptile) only the ways their classifier was trained with. Inputs of
+    another dtype, shape or labelling raise a ValueError (TypeError for
+    `ways`) naming the argument, before any computation.
   """
   from metajax.train import init_state  # pylint: disable=g-import-not-at-top
   from metajax.train import restore_state  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   config = read_config(workdir)
-  ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  with ocp.CheckpointManager(ckpt_dir) as manager:
-    if manager.latest_step() is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt_dir}.")
-    like = init_state(make_learner(config, config.ways), _optimizer(config),
-                      jax.random.PRNGKey(0))
-    meta_params = restore_state(manager, like).meta_params
+  like = init_state(make_learner(config, config.ways), _optimizer(config),
+                    jax.random.PRNGKey(0))
+  meta_params = restore_state(workdir, like).meta_params
   transform = input_transform(config)
 
   def predict(support_x, support_y, query_x, ways: Optional[int] = None):
-    if ways is None:
-      ways = int(np.max(np.asarray(support_y))) + 1
+    ways = _check_episode(config, support_x, support_y, query_x, ways)
     if config.algorithm in GRADIENT_BASED and ways != config.ways:
       raise ValueError(
           f"this {config.algorithm} model was trained {config.ways}-way and "

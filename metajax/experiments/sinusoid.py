@@ -8,6 +8,8 @@ gradient steps on the K support points of held-out tasks (the same tasks for
 both), each with a 95% confidence interval.
 
 `train_and_evaluate(config, workdir)` writes into `workdir`:
+  config.json          the settings; a rerun that changes one that defines
+                       what is trained is refused (`Config.RERUN_MAY_CHANGE`)
   results.json         config, versions, wall times, MSE table with intervals
   sinusoid.png         fits on one held-out task (as the paper's Figure 2) and
                        MSE against adaptation steps with intervals
@@ -17,7 +19,7 @@ both), each with a 95% confidence interval.
 import dataclasses
 import os
 import time
-from typing import Dict, List, Tuple
+from typing import ClassVar, Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +28,7 @@ import optax
 
 from metajax import algorithms
 from metajax import sharding
+from metajax import workdir as workdir_lib
 from metajax.data import sinusoid
 from metajax.evaluation import evaluate
 from metajax.evaluation import mean_ci
@@ -58,13 +61,20 @@ class Config:
   progress: bool = True
   shard_tasks: bool = False
 
+  # Fields that only extend or re-evaluate a run: a rerun may change them.
+  RERUN_MAY_CHANGE: ClassVar[Tuple[str, ...]] = (
+      "num_steps", "eval_tasks", "eval_query", "eval_steps", "log_every",
+      "checkpoint_every", "progress", "shard_tasks")
+
   def validate(self):
     if self.algorithm not in ALGORITHMS:
       raise ValueError(
           f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}.")
-    for name in ("num_support", "num_query", "meta_batch_size", "eval_query"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    common.check_positive(self, (
+        "num_support", "num_query", "inner_steps", "meta_batch_size",
+        "num_steps", "hidden", "eval_query", "log_every",
+        "checkpoint_every"))
+    common.check_rates(self, ("inner_lr", "outer_lr"))
     if self.eval_tasks < 2:
       raise ValueError(f"eval_tasks must be >= 2, got {self.eval_tasks}.")
     if not self.eval_steps or min(self.eval_steps) < 0:
@@ -165,8 +175,15 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
     The dict written to `workdir/results.json`.
   """
   config.validate()
+  with workdir_lib.hold(workdir):
+    common.check_rerun(workdir, config, config.RERUN_MAY_CHANGE)
+    common.check_not_past(workdir, config.num_steps)
+    common.save_config(workdir, config)
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: Config, workdir: str) -> Dict:
   start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
   train_key, eval_key, plot_key = jax.random.split(
       jax.random.PRNGKey(config.seed), 3)
   sampler = sinusoid.sampler(config.meta_batch_size, config.num_support,
@@ -223,7 +240,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
   plot_path = os.path.join(workdir, "sinusoid.png")
   _plot(plot_path, fits, plot_task, curves, config)
   results["wall_time_s"] = time.perf_counter() - start
-  common.write_json(os.path.join(workdir, "results.json"), results)
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 

@@ -46,7 +46,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +56,7 @@ import tqdm
 
 from metajax import algorithms
 from metajax import sharding
+from metajax import workdir as workdir_lib
 from metajax.data import knowledge_tracing as kt
 from metajax.data import students
 from metajax.evaluation import binary_metrics
@@ -115,6 +116,12 @@ class Config:
   progress: bool = True
   shard_tasks: bool = False
 
+  # Fields that only extend, re-evaluate or relocate a run: a rerun may
+  # change them.
+  RERUN_MAY_CHANGE: ClassVar[Tuple[str, ...]] = (
+      "num_steps", "num_epochs", "data_dir", "online_every", "eval_batch",
+      "bootstrap", "log_every", "checkpoint_every", "progress", "shard_tasks")
+
   def validate(self):
     if self.model not in MODELS:
       raise ValueError(f"model must be one of {MODELS}, got {self.model!r}.")
@@ -125,10 +132,20 @@ class Config:
     if not self.support_sizes or min(self.support_sizes) < 0:
       raise ValueError(f"support_sizes must be non-negative, got "
                        f"{self.support_sizes}.")
-    for name in ("inner_steps", "meta_batch_size", "num_steps", "window",
-                 "online_every", "eval_batch", "eval_every"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    common.check_positive(self, (
+        "inner_steps", "meta_batch_size", "num_steps", "window",
+        "online_every", "eval_batch", "eval_every", "embed_dim",
+        "personal_dim", "bootstrap", "log_every", "checkpoint_every"))
+    common.check_positive(self, ("num_epochs", "num_questions"), least=0)
+    if self.model == "dkt":
+      common.check_positive(self, ("hidden",))
+    common.check_rates(self, ("inner_lr", "outer_lr"))
+    if max(self.support_sizes) >= self.window:
+      raise ValueError(
+          f"support_sizes {self.support_sizes} must be below window="
+          f"{self.window}: a training window of {self.window} answers "
+          f"with a support of {max(self.support_sizes)} has none left to "
+          f"predict.")
     if self.prior_answers < 0:
       raise ValueError(f"prior_answers must be >= 0, got "
                        f"{self.prior_answers}.")
@@ -346,24 +363,47 @@ def _plot(path: str, rows: Dict[str, Dict], config: Config, title: str):
 def train_and_evaluate(config: Config, workdir: str) -> Dict:
   """Trains every method (resuming from `workdir`), evaluates, writes files."""
   config.validate()
-  start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
-  common.write_json(os.path.join(workdir, "config.json"),
-                    dataclasses.asdict(config))
-  data = load_data(config)
+  with workdir_lib.hold(workdir):
+    common.check_rerun(workdir, config, config.RERUN_MAY_CHANGE)
+    start = time.perf_counter()
+    data = load_data(config)
+    arrays = {"train": students.pack(data.train, window=config.window),
+              "test": students.pack(data.test),
+              "valid": students.pack(data.valid if data.valid is not None
+                                     else data.train)}
+    for split in ("test", "valid"):
+      check_support_sizes(config, arrays[split], split)
+    sampler = students.student_sampler(
+        arrays["train"], batch_size=config.meta_batch_size,
+        support_sizes=config.support_sizes)
+    num_steps = config.num_steps
+    if config.num_epochs:
+      num_steps = config.num_epochs * -(-arrays["train"].num_students //
+                                        config.meta_batch_size)
+    common.check_not_past(workdir, num_steps)
+    common.save_config(workdir, config)
+    return _train_and_evaluate(config, workdir, data, arrays, sampler,
+                               num_steps, start)
+
+
+def check_support_sizes(config: Config, arrays: students.StudentArrays,
+                        split: str) -> None:
+  """Raises if some support size k leaves no answer of `split` to predict."""
+  longest = int(np.max(arrays.lengths, initial=0))
+  too_long = [k for k in config.support_sizes if k >= longest]
+  if too_long:
+    raise ValueError(
+        f"support_sizes {too_long}: no {split} student has more than "
+        f"{longest} answers, so a support of that many leaves nothing to "
+        f"predict. Use support sizes below {longest}.")
+
+
+def _train_and_evaluate(config: Config, workdir: str, data: kt.KTDataset,
+                        arrays: Dict[str, students.StudentArrays], sampler,
+                        num_steps: int, start: float) -> Dict:
   nq = data.num_questions
-  train_arrays = students.pack(data.train, window=config.window)
-  test_arrays = students.pack(data.test)
-  valid_arrays = (students.pack(data.valid) if data.valid is not None else
-                  students.pack(data.train))
-  sampler = students.student_sampler(
-      train_arrays, batch_size=config.meta_batch_size,
-      support_sizes=config.support_sizes)
+  test_arrays, valid_arrays = arrays["test"], arrays["valid"]
   train_key = jax.random.PRNGKey(config.seed)
-  num_steps = config.num_steps
-  if config.num_epochs:
-    num_steps = config.num_epochs * -(-train_arrays.num_students //
-                                      config.meta_batch_size)
 
   mesh = sharding.task_mesh() if config.shard_tasks else None
   methods, train_time, selected = {}, {}, {}
@@ -420,7 +460,7 @@ def train_and_evaluate(config: Config, workdir: str) -> Dict:
       "config": dataclasses.asdict(config),
       "environment": common.environment(),
   }
-  common.write_json(os.path.join(workdir, "results.json"), results)
+  workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 

@@ -1,0 +1,200 @@
+"""Verified checkpoints: corruption is caught, skipped and never rotated in."""
+
+import logging
+import os
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metajax import checkpoint
+
+
+def _tree(scale=1.0):
+  return {"w": scale * jnp.arange(12, dtype=jnp.float32).reshape(3, 4),
+          "b": {"c": jnp.full((5,), scale, jnp.float32)},
+          "step": jnp.int32(7)}
+
+
+def _writer(tmp_path, keep=2):
+  return checkpoint.Checkpoints(str(tmp_path / "ckpt"), keep=keep,
+                                writer=True)
+
+
+def _data_files(folder):
+  """The array files orbax wrote into a checkpoint, largest first."""
+  found = []
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      if name != checkpoint.MANIFEST:
+        found.append((os.path.getsize(path), path))
+  return [p for _, p in sorted(found, reverse=True)]
+
+
+def _flip_byte(path, offset=None):
+  with open(path, "r+b") as f:
+    data = bytearray(f.read())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0x40
+    f.seek(0)
+    f.write(data)
+
+
+def test_save_restore_and_rotation(tmp_path):
+  ckpts = _writer(tmp_path)
+  for step in (10, 20, 30):
+    ckpts.save(step, _tree(step), metadata={"run_key": [0, step]})
+  assert ckpts.steps() == [20, 30]
+  step, tree, meta = ckpts.restore_latest(_tree())
+  assert step == 30 and meta == {"run_key": [0, 30]}
+  chex.assert_trees_all_equal(tree, _tree(30))
+  assert os.path.exists(os.path.join(ckpts.path(30), checkpoint.MANIFEST))
+
+
+def test_a_flipped_byte_is_caught_and_the_older_checkpoint_used(
+    tmp_path, caplog):
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree(1.0))
+  ckpts.save(2, _tree(2.0))
+  victim = _data_files(ckpts.path(2))[0]
+  _flip_byte(victim)
+  with caplog.at_level(logging.WARNING):
+    step, tree, _ = ckpts.restore_latest(_tree())
+  assert step == 1
+  chex.assert_trees_all_equal(tree, _tree(1.0))
+  # Reported by path, and moved aside with its reason rather than deleted.
+  assert ckpts.path(2) in caplog.text and "SHA-256" in caplog.text
+  assert ckpts.steps() == [1]
+  corrupt = os.listdir(os.path.join(ckpts.directory, "corrupt"))
+  assert len(corrupt) == 1 and corrupt[0].startswith("2-")
+  with open(os.path.join(ckpts.directory, "corrupt", corrupt[0],
+                         "REASON.txt")) as f:
+    assert os.path.basename(victim) in f.read()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_manifest",
+                                    "empty_folder", "garbage_manifest",
+                                    "delete_file", "extra_file"])
+def test_unreadable_checkpoints_are_skipped(tmp_path, damage):
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree(1.0))
+  ckpts.save(2, _tree(2.0))
+  folder = ckpts.path(2)
+  manifest = os.path.join(folder, checkpoint.MANIFEST)
+  if damage == "truncate":
+    victim = _data_files(folder)[0]
+    with open(victim, "r+b") as f:
+      f.truncate(os.path.getsize(victim) // 2)
+  elif damage == "delete_manifest":
+    os.remove(manifest)
+  elif damage == "empty_folder":
+    import shutil
+    shutil.rmtree(folder)
+    os.makedirs(folder)
+  elif damage == "garbage_manifest":
+    with open(manifest, "w") as f:
+      f.write('{"format": 1, "files": ')
+  elif damage == "delete_file":
+    os.remove(_data_files(folder)[0])
+  else:
+    with open(os.path.join(folder, "state", "stray"), "w") as f:
+      f.write("x")
+  step, tree, _ = ckpts.restore_latest(_tree())
+  assert step == 1
+  chex.assert_trees_all_equal(tree, _tree(1.0))
+
+
+def test_when_none_passes_nothing_is_moved_and_the_error_names_them(
+    tmp_path):
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree(1.0))
+  ckpts.save(2, _tree(2.0))
+  for step in (1, 2):
+    _flip_byte(_data_files(ckpts.path(step))[0])
+  with pytest.raises(checkpoint.CheckpointError) as info:
+    ckpts.restore_latest(_tree())
+  assert ckpts.path(1) in str(info.value) and ckpts.path(2) in str(info.value)
+  assert ckpts.steps() == [1, 2]
+  assert not os.path.exists(os.path.join(ckpts.directory, "corrupt"))
+
+
+def test_another_structure_is_a_mismatch_not_corruption(tmp_path):
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree())
+  wider = dict(_tree(), w=jnp.zeros((3, 8), jnp.float32))
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"\['w'\]: checkpoint float32\[3, 4\], now "
+                           r"float32\[3, 8\]"):
+    ckpts.restore_latest(wider)
+  assert ckpts.steps() == [1]
+
+
+def test_non_finite_trees_are_never_written(tmp_path):
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree())
+  bad = dict(_tree(), b={"c": jnp.array([1.0, jnp.inf, 0, 0, 0])})
+  with pytest.raises(FloatingPointError, match=r"\['b'\]\['c'\]"):
+    ckpts.save(2, bad)
+  assert ckpts.steps() == [1]
+
+
+def test_non_finite_values_on_disk_are_rejected_on_restore(tmp_path):
+  """A checkpoint of infinities whose manifest matches its files."""
+  import json
+  import shutil
+  import orbax.checkpoint as ocp
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree(1.0))
+  ckpts.save(2, _tree(2.0))
+  folder = ckpts.path(2)
+  shutil.rmtree(os.path.join(folder, "state"))
+  writer = ocp.StandardCheckpointer()
+  writer.save(os.path.join(folder, "state"), _tree(np.inf))
+  writer.wait_until_finished()
+  manifest_path = os.path.join(folder, checkpoint.MANIFEST)
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  manifest["files"] = checkpoint._file_hashes(folder)
+  with open(manifest_path, "w") as f:
+    json.dump(manifest, f)
+  with pytest.raises(checkpoint.CheckpointError, match="non-finite values"):
+    ckpts.restore(2, _tree())
+  step, _, _ = ckpts.restore_latest(_tree())
+  assert step == 1
+
+
+def test_a_killed_save_leaves_nothing_that_is_restored(tmp_path):
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree(1.0))
+  # What a save killed before its rename leaves: a temporary folder.
+  os.makedirs(os.path.join(ckpts.directory, "tmp-2", "state"))
+  reader = checkpoint.Checkpoints(ckpts.directory)
+  assert reader.steps() == [1]
+  assert os.path.isdir(os.path.join(ckpts.directory, "tmp-2"))
+  _writer(tmp_path)  # the next run's writer removes it
+  assert sorted(os.listdir(ckpts.directory)) == ["1"]
+
+
+def test_a_reader_skips_but_never_moves(tmp_path):
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree(1.0))
+  ckpts.save(2, _tree(2.0))
+  _flip_byte(_data_files(ckpts.path(2))[0])
+  reader = checkpoint.Checkpoints(ckpts.directory)
+  step, _, _ = reader.restore_latest(_tree())
+  assert step == 1 and reader.steps() == [1, 2]
+  with pytest.raises(checkpoint.CheckpointError, match="reading only"):
+    reader.save(3, _tree())
+
+
+def test_rotation_never_removes_the_last_verified_before_a_new_one_passes(
+    tmp_path):
+  ckpts = _writer(tmp_path, keep=1)
+  ckpts.save(1, _tree(1.0))
+  with pytest.raises(FloatingPointError):
+    ckpts.save(2, dict(_tree(), w=jnp.full((3, 4), jnp.nan)))
+  assert ckpts.steps() == [1]
+  ckpts.save(3, _tree(3.0))
+  assert ckpts.steps() == [3]
