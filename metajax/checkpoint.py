@@ -207,9 +207,23 @@ class Checkpoints:
       if rotate:
         for old in [s for s in self.steps() if s < step][:-(self.keep - 1)
                                                         or None]:
-          shutil.rmtree(self.path(old), ignore_errors=True)
+          self.delete(old)
     _sync(f"metajax-checkpoint-done-{final}")
     return final
+
+  def delete(self, step: int) -> None:
+    """Deletes checkpoint `step` (process 0 of a writer only).
+
+    The folder is first renamed to a temporary name, so that a deletion
+    killed half-way leaves no half-deleted step folder behind, only a
+    temporary one that the next writer removes.
+    """
+    if not self._primary:
+      return
+    doomed = os.path.join(self.directory, f"{_TMP_PREFIX}deleted-{step}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(self.path(step), doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
   def _read(self, folder: str, like: PyTree) -> Tuple[PyTree, Dict]:
     """Verifies and restores the checkpoint in `folder` into `like`'s form."""

@@ -25,7 +25,6 @@ import json
 import logging
 import numbers
 import os
-import shutil
 import socket
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Union
@@ -547,8 +546,8 @@ class _BestParams:
       workdir_lib.write_json(self.info_path, {
           "step": step, "metric": self.metric, "score": score})
     for old in self.checkpoints.steps():
-      if old != step and jax.process_index() == 0:
-        shutil.rmtree(self.checkpoints.path(old), ignore_errors=True)
+      if old != step:
+        self.checkpoints.delete(old)
     self.score = score
 
 

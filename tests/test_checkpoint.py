@@ -198,3 +198,16 @@ def test_rotation_never_removes_the_last_verified_before_a_new_one_passes(
   assert ckpts.steps() == [1]
   ckpts.save(3, _tree(3.0))
   assert ckpts.steps() == [3]
+
+
+def test_a_killed_deletion_leaves_no_half_deleted_step(tmp_path):
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree(1.0))
+  ckpts.save(2, _tree(2.0))
+  ckpts.delete(1)
+  assert ckpts.steps() == [2]
+  # What a deletion killed after its rename leaves: a temporary folder only.
+  os.makedirs(os.path.join(ckpts.directory, "tmp-deleted-7", "state"))
+  assert ckpts.steps() == [2]
+  _writer(tmp_path)
+  assert sorted(os.listdir(ckpts.directory)) == ["2"]
