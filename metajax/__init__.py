@@ -7,6 +7,7 @@ from metajax import evaluation
 from metajax import models
 from metajax import sharding
 from metajax import tasks
+from metajax import training
 from metajax import workdir
 from metajax.algorithms import MetaLearner
 from metajax.evaluation import evaluate
@@ -27,10 +28,12 @@ from metajax.tasks import merge_sets
 from metajax.tasks import num_tasks
 from metajax.tasks import sampler_tree
 from metajax.tasks import validate_task
-from metajax.train import TrainState
-from metajax.train import init_state
-from metajax.train import make_train_step
-from metajax.train import restore_best
-from metajax.train import train
+from metajax.training import TrainState
+from metajax.training import init_state
+from metajax.training import make_train_step
+from metajax.training import read_metrics
+from metajax.training import restore_best
+from metajax.training import restore_state
+from metajax.training import train
 
 __version__ = "0.1.0"

@@ -5,7 +5,8 @@ and the half-width of a normal-approximation 95% confidence interval,
 1.96 * std / sqrt(n).
 """
 
-from typing import Callable, Dict
+import operator
+from typing import Callable, Dict, Union
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,8 @@ import numpy as np
 from metajax import tasks as tasks_lib
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import accuracy  # re-exported for metric_fn
-from metajax.train import TaskSampler
+from metajax.algorithms.base import resolve_task_chunk
+from metajax.training import TaskSampler
 
 PyTree = object
 MetricFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -44,42 +46,188 @@ def mean_ci(values) -> Dict[str, float]:
           "std": std, "n": int(values.size)}
 
 
-def task_metrics(learner: MetaLearner, metric_fn: MetricFn) -> Callable:
-  """`fn(meta_params, tasks) -> [n_tasks]` metric after adaptation, vmapped."""
+def _score_one(learner: MetaLearner, metric_fn: MetricFn) -> Callable:
+  """`fn(meta_params, task) -> metric` of one (unbatched) task."""
   def one(meta_params, task):
     state = learner.adapt(meta_params, task.support)
     x, y = task.query
     return metric_fn(learner.predict(meta_params, state, x), y)
-  return jax.vmap(one, in_axes=(None, 0))
+  return one
+
+
+def task_metrics(learner: MetaLearner, metric_fn: MetricFn, *,
+                 task_chunk: Union[int, str, None] = "auto") -> Callable:
+  """`fn(meta_params, tasks) -> [n_tasks]`: each task's metric after adaptation.
+
+  Args:
+    learner: the algorithm.
+    metric_fn: `metric_fn(predictions, query_targets) -> scalar` of one task.
+    task_chunk: score this many tasks at a time, one chunk after another
+      (a `jax.lax.map` over chunks, each chunk vmapped): the working set is
+      one chunk's activations instead of the whole batch's. "auto" is one
+      task at a time on the CPU and the whole batch on GPU and TPU
+      (`metajax.algorithms.resolve_task_chunk`); None or 0 vmaps the whole
+      batch. The values equal the vmapped ones up to float summation order.
+      A chunk that does not divide the batch is allowed: the last chunk is
+      filled up with the batch's first tasks, whose scores are dropped.
+
+  Returns:
+    A traceable `fn(meta_params, tasks)`; `tasks` is a batched `Task` with
+    leading axis `n_tasks`, and the result has one value per task (`[n_tasks]`
+    for a scalar metric).
+  """
+  chunk = resolve_task_chunk(task_chunk)
+  batched = jax.vmap(_score_one(learner, metric_fn), in_axes=(None, 0))
+  if chunk is None:
+    return batched
+
+  def chunked(meta_params, tasks):
+    n = tasks_lib.num_tasks(tasks)
+    size = min(chunk, n)  # a chunk larger than the batch would only pad it
+    n_chunks = -(-n // size)
+    pad = n_chunks * size - n
+    if pad:
+      # Padding with real tasks (rather than zeros) keeps the filler inputs
+      # valid for every learner, so it cannot raise or produce NaNs.
+      tasks = jax.tree.map(lambda x: jnp.concatenate([x, x[:pad]]), tasks)
+    chunks = jax.tree.map(
+        lambda x: x.reshape((n_chunks, size) + x.shape[1:]), tasks)
+    values = jax.lax.map(lambda c: batched(meta_params, c), chunks)
+    return values.reshape((n_chunks * size,) + values.shape[2:])[:n]
+
+  return chunked
+
+
+def _short(aval) -> str:
+  """`float32[10, 1]`: dtype and shape of an array or ShapeDtypeStruct."""
+  return f"{np.dtype(aval.dtype).name}{list(aval.shape)}"
+
+
+def _check_num_tasks(num_tasks) -> int:
+  if isinstance(num_tasks, bool):
+    raise TypeError(f"num_tasks must be an int, got {num_tasks!r}.")
+  try:
+    num_tasks = operator.index(num_tasks)
+  except TypeError:
+    raise TypeError(
+        f"num_tasks must be an int, got {num_tasks!r} "
+        f"({type(num_tasks).__name__}).") from None
+  if num_tasks < 1:
+    raise ValueError(f"num_tasks must be >= 1, got {num_tasks}.")
+  return num_tasks
+
+
+def _check_scoring(learner: MetaLearner, meta_params: PyTree,
+                   sample_tasks: Callable, metric_fn: MetricFn,
+                   key: jax.Array) -> int:
+  """Checks shapes with `jax.eval_shape`, running nothing; returns batch size.
+
+  Raises:
+    TypeError: `sample_tasks` does not return a `Task`.
+    ValueError: naming the argument at fault and the shapes involved: an
+      ill-formed or empty batch, a learner that cannot score one task of it,
+      or a `metric_fn` that does not return one real scalar per task.
+  """
+  batch = jax.eval_shape(sample_tasks, key)
+  if not isinstance(batch, tasks_lib.Task):
+    raise TypeError(f"sample_tasks(key) must return a metajax.Task batch, "
+                    f"got {type(batch).__name__}.")
+  try:
+    tasks_lib.validate_task(batch, batched=True)
+  except ValueError as err:
+    raise ValueError(f"sample_tasks(key) returned an ill-formed batch of "
+                     f"tasks (every leaf needs a leading task axis): {err}"
+                     ) from None
+  n = tasks_lib.num_tasks(batch)
+  if n < 1:
+    raise ValueError(
+        f"sample_tasks(key) returned a batch of 0 tasks (support "
+        f"{jax.tree.map(_short, batch.support)}); evaluation needs at least "
+        f"one task per batch.")
+  task = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                      batch)
+  shapes = (f"support {jax.tree.map(_short, task.support)}, query "
+            f"{jax.tree.map(_short, task.query)}")
+  try:
+    predictions = jax.eval_shape(
+        lambda mp, t: learner.predict(mp, learner.adapt(mp, t.support),
+                                      t.query[0]), meta_params, task)
+  except Exception as err:  # pylint: disable=broad-except
+    # Shape errors surface deep inside the model; say which task shapes
+    # (the sampled batch without its leading task axis) they came from.
+    raise ValueError(
+        f"the learner failed to adapt to and predict one task of "
+        f"sample_tasks(key)'s batch of {n}, shaped {shapes} (a sampler that "
+        f"returns one task instead of a batch with a leading task axis loses "
+        f"an axis here). {type(err).__name__}: {err}") from err
+  targets = task.query[1]
+  value = jax.eval_shape(metric_fn, predictions, targets)
+  what = (f"metric_fn(predictions {jax.tree.map(_short, predictions)}, "
+          f"query targets {jax.tree.map(_short, targets)})")
+  if not isinstance(value, jax.ShapeDtypeStruct):
+    raise ValueError(f"{what} must return one scalar per task, got "
+                     f"{jax.tree.map(_short, value)}.")
+  if value.shape != ():
+    raise ValueError(
+        f"{what} must return one scalar per task, got shape {value.shape} "
+        f"({_short(value)}); reduce it over the query set, e.g. with "
+        f"jnp.mean.")
+  if not (jnp.issubdtype(value.dtype, jnp.floating) or
+          jnp.issubdtype(value.dtype, jnp.integer) or value.dtype == bool):
+    raise ValueError(f"{what} must return a real number, got dtype "
+                     f"{value.dtype}.")
+  return n
 
 
 def evaluate(learner: MetaLearner, meta_params: PyTree,
              sample_tasks: TaskSampler, metric_fn: MetricFn, *,
-             key: jax.Array, num_tasks: int) -> np.ndarray:
+             key: jax.Array, num_tasks: int,
+             task_chunk: Union[int, str, None] = "auto") -> np.ndarray:
   """Per-task metric over `num_tasks` freshly sampled tasks.
+
+  Shapes are checked with `jax.eval_shape` before anything is compiled or
+  run. Each batch is sampled and scored inside one compiled call, on the
+  device.
 
   Args:
     learner: the algorithm; its `adapt` runs on each support set.
     meta_params: trained meta-parameters.
-    sample_tasks: `sample_tasks(key) -> Task` batch; batches are drawn from
-      successive splits of `key` until `num_tasks` tasks are scored.
-    metric_fn: `metric_fn(predictions, query_targets) -> scalar`.
+    sample_tasks: `sample_tasks(key) -> Task` batch (a leading task axis of
+      at least one task on every leaf); batches are drawn from successive
+      splits of `key` until `num_tasks` tasks are scored.
+    metric_fn: `metric_fn(predictions, query_targets) -> scalar` of one task
+      (bool, int or float).
     key: PRNG key; the same key gives the same tasks for every learner.
-    num_tasks: how many tasks to score.
+    num_tasks: how many tasks to score, an int >= 1.
+    task_chunk: tasks scored at a time within a batch, as in `task_metrics`:
+      "auto" (one at a time on the CPU, where the whole batch's activations
+      can take gigabytes, and the whole batch on GPU and TPU), an int chunk
+      size, or None / 0 for the whole batch vmapped. It changes memory and
+      speed, not the values (beyond float summation order).
 
   Returns:
     float64 `[num_tasks]` array, one value per task; feed it to `mean_ci`.
+
+  Raises:
+    TypeError: `num_tasks` is not an int, or `sample_tasks` is not a
+      callable returning a `Task`.
+    ValueError: `num_tasks` < 1, a bad `task_chunk`, an ill-formed or empty
+      task batch, a learner that cannot score one task of the batch, or a
+      `metric_fn` that does not return one real scalar per task; the message
+      names the argument and the shapes.
   """
-  score = jax.jit(lambda mp, k, sampler: task_metrics(learner, metric_fn)(
-      mp, sampler(k)))
+  resolve_task_chunk(task_chunk)  # a bad value fails before any tracing
+  num_tasks = _check_num_tasks(num_tasks)
   sample_tasks = tasks_lib.sampler_tree(sample_tasks)
+  batch_size = _check_scoring(learner, meta_params, sample_tasks, metric_fn,
+                              key)
+  scores = task_metrics(learner, metric_fn, task_chunk=task_chunk)
+  score = jax.jit(lambda mp, k, sampler: scores(mp, sampler(k)))
   values = []
-  count = 0
-  while count < num_tasks:
+  for _ in range(-(-num_tasks // batch_size)):
     key, sub = jax.random.split(key)
-    batch = np.asarray(score(meta_params, sub, sample_tasks), np.float64)
-    values.append(batch)
-    count += batch.size
+    values.append(np.asarray(score(meta_params, sub, sample_tasks),
+                             np.float64))
   return np.concatenate(values)[:num_tasks]
 
 

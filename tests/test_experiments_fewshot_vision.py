@@ -17,7 +17,7 @@ import metajax
 from metajax.data import omniglot
 from metajax.data import omniglot_official
 from metajax.experiments import fewshot_vision as fv
-from metajax.train import restore_state
+from metajax.training import restore_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

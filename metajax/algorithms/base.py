@@ -1,7 +1,7 @@
 """The algorithm-neutral interface every meta-learner implements.
 
 A `MetaLearner` is a NamedTuple of pure functions, in the way an optax
-`GradientTransformation` is `(init, update)`. The training loop (`train.py`)
+`GradientTransformation` is `(init, update)`. The training loop (`training.py`)
 and evaluation (`evaluation.py`) use only these four functions, so MAML, its
 variants, joint pre-training and later metric-based or amortised learners all
 run through the same loop.

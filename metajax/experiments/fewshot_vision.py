@@ -2,7 +2,7 @@
 
 `train_and_evaluate(config, workdir)` loads the dataset's meta-train /
 meta-validation / meta-test classes, meta-trains the configured learner with
-`metajax.train` (on-device episodes, orbax checkpoints, exact resume),
+`metajax.train` (on-device episodes, verified checkpoints, exact resume),
 evaluates it on meta-test episodes (mean accuracy with a 95% confidence
 interval for every requested test way count), and writes into `workdir`:
 
@@ -42,8 +42,8 @@ from metajax.models import Conv4
 from metajax.models import RelationEmbedding
 from metajax.models import RelationModule
 from metajax.models import ResNet12
-from metajax.train import read_metrics
-from metajax.train import train
+from metajax.training import read_metrics
+from metajax.training import train
 
 # Learners whose model ends in a `ways`-unit classifier adapted by gradient.
 GRADIENT_BASED = ("maml", "fomaml", "anil", "meta_sgd", "maml_plus_plus",
@@ -532,8 +532,8 @@ def load_predictor(workdir: str) -> Callable:
     another dtype, shape or labelling raise a ValueError (TypeError for
     `ways`) naming the argument, before any computation.
   """
-  from metajax.train import init_state  # pylint: disable=g-import-not-at-top
-  from metajax.train import restore_state  # pylint: disable=g-import-not-at-top
+  from metajax.training import init_state  # pylint: disable=g-import-not-at-top
+  from metajax.training import restore_state  # pylint: disable=g-import-not-at-top
 
   config = read_config(workdir)
   like = init_state(make_learner(config, config.ways), _optimizer(config),

@@ -35,7 +35,7 @@ from metajax.evaluation import mean_ci
 from metajax.experiments import common
 from metajax.models import MLP
 from metajax.tasks import Task
-from metajax.train import train
+from metajax.training import train
 
 ALGORITHMS = ("maml", "fomaml", "anil", "meta_sgd", "maml_plus_plus")
 

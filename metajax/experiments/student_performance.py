@@ -67,8 +67,8 @@ from metajax.models.student import StudentModel
 from metajax.models.student import masked_bce
 from metajax.models.student import student_mask
 from metajax.tasks import Task
-from metajax.train import restore_best
-from metajax.train import train
+from metajax.training import restore_best
+from metajax.training import train
 
 MODELS = ("irt", "dkt")
 META_ALGORITHMS = ("maml", "meta_sgd", "reptile")

@@ -17,7 +17,7 @@ import metajax
 from metajax import algorithms
 from metajax.data import sinusoid
 from metajax.models import MLP
-from metajax.train import restore_state
+from metajax.training import restore_state
 
 MODEL = MLP((16,), 1)
 
@@ -139,6 +139,16 @@ def test_non_finite_meta_gradient_fails_fast_and_keeps_the_last_good_state(
   assert log[0]["nonfinite_steps"] == 1 and "loss" not in log[0]
 
 
+def test_without_a_workdir_the_last_finite_state_comes_with_the_error():
+  with pytest.raises(FloatingPointError, match="error's `state` attribute"
+                     ) as info:
+    _train(None, 20, learner=_learner(lr=1e4, steps=5))
+  state = info.value.state
+  assert int(state.step) == 0 and int(state.nonfinite_step) == 0
+  for leaf in jax.tree.leaves(state.meta_params):
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+
+
 def test_non_finite_steps_can_be_skipped_instead(tmp_path):
   exploding = _learner(lr=1e4, steps=5)
   state = _train(str(tmp_path), 10, learner=exploding,
@@ -176,7 +186,7 @@ def test_training_with_a_workdir_does_not_import_tensorflow(tmp_path):
   # TensorFlow takes seconds to import; the event files must not need it.
   pytest.importorskip("tensorboard")
   code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r})"
-          f"; import test_train; test_train._train({str(tmp_path)!r}, 5); "
+          f"; import test_training; test_training._train({str(tmp_path)!r}, 5); "
           f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0]"
           f" in ('tensorflow', 'tensorboard'))))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -325,8 +325,9 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       what failed, at the first step whose loss, metrics, meta-gradient (or
       its norm), updated parameters or optimiser state is not finite; that
       update is not applied, and the last finite state is checkpointed
-      beside the earlier checkpoints, none of which is rotated out. Otherwise
-      such steps are skipped and counted in the log.
+      beside the earlier checkpoints, none of which is rotated out (without
+      a workdir it is the error's `state` attribute). Otherwise such steps
+      are skipped and counted in the log.
     eval_fn: optional `eval_fn(meta_params) -> dict of floats`, run on the
       host every `eval_every` steps and logged. With a `mesh` it gets the
       meta-parameters on one local device (`metajax.sharding.local_copy`),
@@ -456,18 +457,18 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
                            rotate=not halted)
           since_ckpt = 0
         if halted:
-          raise FloatingPointError(
+          where = (f"is checkpointed in {workdir}, beside any earlier "
+                   f"checkpoints" if workdir else
+                   "is this error's `state` attribute")
+          error = FloatingPointError(
               f"{desc}: non-finite values at step "
               f"{int(state.nonfinite_step)} (in: "
               f"{describe_nonfinite(int(nonfinite[nonfinite != 0][0]))}); "
               f"that update was not applied and training stopped. The last "
-              f"finite "
-              f"state (step {step})"
-              + (f" is checkpointed in {workdir}, beside the earlier "
-                 f"checkpoints." if workdir else " is returned with this "
-                 "error's state.")
-              + " Lower the learning rates, or pass fail_on_nonfinite=False "
-              "to skip such steps.")
+              f"finite state (step {step}) {where}. Lower the learning "
+              f"rates, or pass fail_on_nonfinite=False to skip such steps.")
+          error.state = state
+          raise error
     finally:
       bar.close()
       board.close()
