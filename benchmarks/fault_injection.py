@@ -179,12 +179,19 @@ class Trials:
                 f"killed while writing {os.path.relpath(caught, workdir)}; ")
 
   def corrupt(self, how):
-    workdir, before, _ = self.killed_run(self.rng.uniform(0.3, 0.45))
-    folder = "meta" if before["joint"] == 0 else "joint"
-    ckpt_dir = os.path.join(workdir, folder, "checkpoints")
-    steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
-    if len(steps) < (1 if how == "all" else 2):
-      self.record(f"corrupt-{how}", False, f"killed too early: {steps}")
+    # A busy machine can be slower than the reference: kill later until the
+    # run has the checkpoints to corrupt (the fault was not injected before).
+    for fraction in (0.35, 0.5, 0.65, 0.8, 0.95):
+      workdir, before, _ = self.killed_run(fraction)
+      folder = "meta" if before["joint"] == 0 else "joint"
+      ckpt_dir = os.path.join(workdir, folder, "checkpoints")
+      steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()
+                     ) if os.path.isdir(ckpt_dir) else []
+      if len(steps) >= (1 if how == "all" else 2):
+        break
+    else:
+      self.record(f"corrupt-{how}", False, f"never killed late enough to "
+                  f"find checkpoints: {steps}")
       return
     victims = steps if how == "all" else steps[-1:]
     for step in victims:
@@ -229,8 +236,16 @@ class Trials:
                 f"{folder}/checkpoints/{steps[-1]}; ")
 
   def log_fault(self, how):
-    workdir, before, _ = self.killed_run(self.rng.uniform(0.2, 0.4))
-    log = os.path.join(workdir, "meta", "metrics.jsonl")
+    # Kill later until the run has logged (see `corrupt`).
+    for fraction in (0.3, 0.5, 0.7, 0.9):
+      workdir, before, _ = self.killed_run(fraction)
+      log = os.path.join(workdir, "meta", "metrics.jsonl")
+      if os.path.exists(log) and os.path.getsize(log):
+        break
+    else:
+      self.record(f"log-{how}", False, "never killed late enough to find "
+                  "a log")
+      return
     with open(log) as f:
       lines = f.readlines()
     if how == "torn":
@@ -395,6 +410,9 @@ def main():
   parser.add_argument("--json", default="", help="write the trials here")
   parser.add_argument("--keep", action="store_true",
                       help="keep the trial workdirs")
+  parser.add_argument("--only", default="",
+                      help="comma-separated faults to try (e.g. corrupt-all,"
+                           "disk-full); default: all")
   args = parser.parse_args()
   if args.quick:
     args.kills = args.save_kills = 1
@@ -417,29 +435,31 @@ def main():
         flush=True)
   trials = Trials(base, cache, results(reference_dir), ref_seconds, rng)
 
-  for _ in range(args.kills):
-    trials.kill()
-  for _ in range(args.save_kills):
-    trials.kill_during_save()
-  for how in ("flip", "truncate", "delete-file", "no-manifest",
-              "empty-folder", "all"):
-    trials.corrupt(how)
-  trials.log_fault("torn")
-  trials.log_fault("garbage")
-  trials.disk_full()
-  trials.concurrent()
-  trials.changed_flags(reference_dir, "--seed=1",
-                       "--seed: 0 in the workdir, 1 now")
-  trials.changed_flags(reference_dir, "--hidden=40,41",
-                       "--hidden: [40, 40] in the workdir, [40, 41] now")
-  trials.changed_flags(reference_dir, "--num_steps=10000",
-                       "past --num_steps=10000")
-  trials.diverge()
-  for how in ("kt-token", "kt-digits", "kt-bytes", "kt-truncated"):
-    trials.bad_data(how)
+  plan = [("kill", trials.kill, ())] * args.kills
+  plan += [("kill-save", trials.kill_during_save, ())] * args.save_kills
+  plan += [(f"corrupt-{how}", trials.corrupt, (how,)) for how in (
+      "flip", "truncate", "delete-file", "no-manifest", "empty-folder",
+      "all")]
+  plan += [(f"log-{how}", trials.log_fault, (how,))
+           for how in ("torn", "garbage")]
+  plan += [("disk-full", trials.disk_full, ()),
+           ("concurrent", trials.concurrent, ())]
+  plan += [("flags", trials.changed_flags, (reference_dir, flag, expect))
+           for flag, expect in (
+               ("--seed=1", "--seed: 0 in the workdir, 1 now"),
+               ("--hidden=40,41",
+                "--hidden: [40, 40] in the workdir, [40, 41] now"),
+               ("--num_steps=10000", "past --num_steps=10000"))]
+  plan += [("diverge", trials.diverge, ())]
+  plan += [(how, trials.bad_data, (how,)) for how in (
+      "kt-token", "kt-digits", "kt-bytes", "kt-truncated")]
   if os.path.isdir(SHARED):
-    for how in ("npz-truncated", "npz-flipped"):
-      trials.bad_data(how)
+    plan += [(how, trials.bad_data, (how,))
+             for how in ("npz-truncated", "npz-flipped")]
+  only = set(filter(None, args.only.split(",")))
+  for name, trial, trial_args in plan:
+    if not only or name in only:
+      trial(*trial_args)
 
   rows = trials.rows
   survived = sum(r["survived"] for r in rows)
