@@ -60,7 +60,7 @@ def leaf_specs(tree: PyTree) -> Dict[str, str]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _on_host(tree: PyTree) -> PyTree:
+def to_host(tree: PyTree) -> PyTree:
   """`tree` as NumPy arrays, each replicated leaf read from one device."""
   return jax.tree.map(
       lambda x: np.asarray(jax.device_get(sharding_lib.local_copy(x)
@@ -70,7 +70,7 @@ def _on_host(tree: PyTree) -> PyTree:
 
 def nonfinite_leaves(tree: PyTree) -> List[str]:
   """Paths of the floating-point leaves of `tree` holding NaN or infinity."""
-  host = _on_host(tree)
+  host = to_host(tree)
   return [jax.tree_util.keystr(path)
           for path, leaf in jax.tree_util.tree_leaves_with_path(host)
           if np.issubdtype(np.asarray(leaf).dtype, np.inexact)
@@ -195,7 +195,7 @@ class Checkpoints:
     _sync(f"metajax-checkpoint-manifest-{tmp}")
     restored, _ = self._read(tmp, tree)
     same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)),
-                        _on_host(restored), _on_host(tree))
+                        to_host(restored), to_host(tree))
     if not all(jax.tree.leaves(same)):
       raise CheckpointError(
           f"checkpoint {tmp} does not read back as written; the older "

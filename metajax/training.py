@@ -488,9 +488,7 @@ def _key_list(key: jax.Array) -> List[int]:
   """The raw bits of a PRNG key, for comparing a resumed run's key."""
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
-  return np.asarray(jax.device_get(sharding_lib.local_copy(key)
-                                   if isinstance(key, jax.Array) else key)
-                    ).ravel().tolist()
+  return checkpoint_lib.to_host(key).ravel().tolist()
 
 
 def _resume(checkpoints: checkpoint_lib.Checkpoints, state: TrainState,
