@@ -51,7 +51,7 @@ import numpy as np
 
 import metajax
 from metajax import algorithms
-from metajax.data import episodes
+from metajax.data.vision import episodes
 from metajax.evaluation import task_metrics
 from metajax.experiments import fewshot_vision
 
@@ -64,10 +64,11 @@ flags.DEFINE_integer("ways", 20, "Classes per test episode.")
 flags.DEFINE_integer("shots", 1, "Support images per class.")
 flags.DEFINE_integer("query", 15, "Query images per class.")
 flags.DEFINE_integer("repeats", 5, "Timed batches after the warm-up.")
-flags.DEFINE_string("data_dir", "/work/shared/data",
-                    "Folder holding omniglot/ (the npz arrays).")
-flags.DEFINE_string("cache_dir", "",
-                    "Cache of the 28x28 preprocessed Omniglot arrays; empty "
+flags.DEFINE_string("data_dir", "",
+                    "Folder holding omniglot/ (the npz arrays); '' for "
+                    "$METAJAX_DATA_DIR or the per-user data folder.")
+flags.DEFINE_string("cache_dir", "off",
+                    "Cache of the 28x28 preprocessed Omniglot arrays; 'off' "
                     "for none (each child then preprocesses).")
 flags.DEFINE_bool("synthetic", False,
                   "Random uint8 images of the Omniglot meta-test split's "
@@ -118,7 +119,7 @@ def measure(task_chunk) -> dict:
       test, ways=FLAGS.ways, shots=FLAGS.shots, query=FLAGS.query,
       batch_size=FLAGS.batch_size, split="test")
   del test
-  learner = fewshot_vision.make_learner(config, FLAGS.ways, test=True)
+  learner = fewshot_vision.make_learner(config, FLAGS.ways)
   key = jax.random.PRNGKey(FLAGS.seed)
   param_key, eval_key, time_key = jax.random.split(key, 3)
   meta_params = learner.init(param_key)

@@ -11,7 +11,7 @@ import optax
 
 import metajax
 from metajax import algorithms
-from metajax.data import students as students_lib
+from metajax.data.students import sequences as students_lib
 from metajax.experiments import student_performance
 from metajax.models import Conv4
 import workloads as wl
@@ -61,7 +61,7 @@ def learner_and_tasks(workload: str, inner_steps: int, meta_batch: int):
         personal_dim=wl.PERSONAL_DIM)
     learner = student_performance.make_learner(config, "maml", wl.NUM_SKILLS)
     weights = jax.tree.map(jnp.asarray, wl.student_weights())
-    learner = learner._replace(init=lambda key: {"params": {"params": weights}})
+    learner = algorithms.starting_from(learner, {"params": {"params": weights}})
     batch = wl.students(meta_batch)
     tasks = jax.vmap(students_lib.cold_start_task)(
         jnp.asarray(batch.questions), jnp.asarray(batch.answers),

@@ -1,17 +1,25 @@
-"""metajax: functional meta-learning for JAX."""
+"""metajax: functional meta-learning for JAX.
+
+The public API, re-exported. Importing it loads neither the data loaders
+(`metajax.data.*`, imported on use) nor the experiments
+(`metajax.experiments.*`, leaves over the library).
+"""
 
 from metajax import algorithms
 from metajax import checkpoint
-from metajax import data
 from metajax import evaluation
 from metajax import models
 from metajax import sharding
+from metajax import summary
 from metajax import tasks
 from metajax import training
+from metajax import types
 from metajax import workdir
 from metajax.algorithms import MetaLearner
+from metajax.checkpoint import restore_best
+from metajax.checkpoint import restore_params
+from metajax.checkpoint import restore_state
 from metajax.evaluation import evaluate
-from metajax.experiments.fewshot_vision import load_predictor
 from metajax.evaluation import mean_ci
 from metajax.inner import adapt
 from metajax.inner import check_scalar_loss
@@ -23,6 +31,7 @@ from metajax.sharding import local_copy
 from metajax.sharding import replicate
 from metajax.sharding import shard_tasks
 from metajax.sharding import task_mesh
+from metajax.summary import read_metrics
 from metajax.tasks import Task
 from metajax.tasks import merge_sets
 from metajax.tasks import num_tasks
@@ -31,9 +40,6 @@ from metajax.tasks import validate_task
 from metajax.training import TrainState
 from metajax.training import init_state
 from metajax.training import make_train_step
-from metajax.training import read_metrics
-from metajax.training import restore_best
-from metajax.training import restore_state
 from metajax.training import train
 
 __version__ = "0.1.0"

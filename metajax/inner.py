@@ -23,16 +23,17 @@ A `loss_fn(params, batch) -> scalar` is all the loop needs to know of the model.
 """
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from metajax import tasks as tasks_lib
+from metajax.types import Params
+from metajax.types import PyTree
 
-PyTree = Any
-LossFn = Callable[[PyTree, PyTree], jax.Array]
+LossFn = Callable[[Params, PyTree], jax.Array]
 LearningRate = Union[float, jax.Array, PyTree]
 
 

@@ -20,7 +20,7 @@ compiled step for the tasks of its local devices, from the same replicated
 key.
 """
 
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 from jax.sharding import Mesh
@@ -29,8 +29,8 @@ from jax.sharding import PartitionSpec
 import numpy as np
 
 from metajax import tasks as tasks_lib
+from metajax.types import PyTree
 
-PyTree = Any
 TASK_AXIS = "tasks"
 
 

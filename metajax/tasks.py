@@ -7,11 +7,13 @@ tasks is the same PyTree with one more leading *task* axis on every leaf, which
 is what `jax.vmap` maps over.
 """
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from metajax.types import PyTree
 
 
 class Task(NamedTuple):
@@ -24,8 +26,8 @@ class Task(NamedTuple):
       or `[n_tasks, n_query, ...]`. Per-example shapes and dtypes must match
       the support set's.
   """
-  support: Any
-  query: Any
+  support: PyTree
+  query: PyTree
 
 
 def _leading_sizes(tree, what: str, axis: int) -> int:
@@ -102,7 +104,7 @@ def num_tasks(task: Task) -> int:
   return _leading_sizes(task.support, "support", 0)
 
 
-def merge_sets(task: Task) -> Any:
+def merge_sets(task: Task) -> PyTree:
   """Concatenates support and query along the example axis of one task.
 
   Joint (non-episodic) training sees all of a task's labelled data at once.

@@ -8,8 +8,9 @@ both. The kernel releases a `flock` when its process dies, however it dies, so
 a lock left behind by a killed run is simply taken over: there is no stale
 lock to clean up.
 
-`write_atomic` writes through a temporary file and `os.replace`, so a crash or
-a full disk leaves the previous version of the file, never half of a new one.
+`write_atomic` and `write_json` (from `metajax.io`, re-exported here for the
+code that writes workdir files) leave the previous version of a file, never
+half of a new one, when a run crashes or the disk fills up.
 """
 
 import contextlib
@@ -18,7 +19,10 @@ import json
 import os
 import socket
 import threading
-from typing import Any, Dict, Iterator
+from typing import Dict, Iterator
+
+from metajax.io import write_atomic  # pylint: disable=unused-import
+from metajax.io import write_json  # pylint: disable=unused-import
 
 LOCK_NAME = ".lock"
 
@@ -89,26 +93,3 @@ def _acquire(workdir: str):
   json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
   f.flush()
   return f
-
-
-def write_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` so that `path` is never seen half-written.
-
-  The temporary file is named by process and thread, so that writers of
-  several hosts sharing a filesystem, or several threads, never collide.
-  """
-  tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
-  try:
-    with open(tmp, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes `obj` as indented, key-sorted JSON with `write_atomic`."""
-  write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

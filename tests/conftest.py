@@ -33,14 +33,14 @@ def shared_data_dir():
 @pytest.fixture(scope="session")
 def omniglot_raw(shared_data_dir):
   """All 1,623 Omniglot characters from the shared npz arrays."""
-  from metajax.data import omniglot
+  from metajax.data.vision import omniglot
   return omniglot.load_npz(os.path.join(shared_data_dir, "omniglot"))
 
 
 @pytest.fixture(scope="session")
 def omniglot_cache(tmp_path_factory, omniglot_raw):
   """A cache dir already holding the 28x28 preprocessed Omniglot arrays."""
-  from metajax.data import omniglot
+  from metajax.data.vision import omniglot
   cache = str(tmp_path_factory.mktemp("omniglot_cache"))
   omniglot.preprocess(omniglot_raw, 28, cache)
   return cache

@@ -37,38 +37,6 @@ def test_maml_meta_grad_is_the_gradient_of_the_mean_task_loss():
       for t in per_task]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3])
-def test_map_tasks_computes_the_batch_meta_gradient(chunk):
-  learner = _learner(steps=2, lr=0.1)
-  meta_params = learner.init(jax.random.PRNGKey(0))
-  tasks = tiny_tasks(jax.random.PRNGKey(1), 6)
-  key = jax.random.PRNGKey(2)
-  grads, metrics = learner.meta_grad(meta_params, tasks, key)
-  mapped = jax.jit(algorithms.map_tasks(learner, chunk).meta_grad)
-  chunk_grads, chunk_metrics = mapped(meta_params, tasks, key)
-  chex.assert_trees_all_close(chunk_grads, grads, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(chunk_metrics["loss"], metrics["loss"],
-                             rtol=1e-6)
-
-
-def test_map_tasks_errors_and_auto_chunk():
-  learner = _learner(steps=1, lr=0.1)
-  meta_params = learner.init(jax.random.PRNGKey(0))
-  with pytest.raises(ValueError, match="6 tasks cannot be cut into chunks "
-                     "of 4"):
-    algorithms.map_tasks(learner, 4).meta_grad(
-        meta_params, tiny_tasks(jax.random.PRNGKey(1), 6), None)
-  with pytest.raises(ValueError, match="chunk must be an int >= 1"):
-    algorithms.map_tasks(learner, 0)
-  on_cpu = jax.default_backend() == "cpu"
-  assert algorithms.resolve_task_chunk("auto") == (1 if on_cpu else None)
-  assert algorithms.resolve_task_chunk(0) is None
-  assert algorithms.resolve_task_chunk(None) is None
-  assert algorithms.resolve_task_chunk(4) == 4
-  with pytest.raises(ValueError, match="task chunk must be"):
-    algorithms.resolve_task_chunk(-1)
-
-
 def test_adapt_then_predict_lowers_the_support_loss():
   learner = _learner(steps=5, lr=0.1)
   meta_params = learner.init(jax.random.PRNGKey(0))
@@ -107,14 +75,59 @@ def test_learned_learning_rates_are_meta_parameters_with_gradients(build,
     assert float(jnp.abs(leaf).max()) > 0
 
 
+def test_maml_plus_plus_adapts_with_the_first_of_its_learned_rates():
+  learner = _learner(algorithms.maml_plus_plus, steps=3, lr=0.05)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  # Distinct rates per step, so that taking the wrong ones shows.
+  meta_params["lr"] = jax.tree.map(
+      lambda l: l * jnp.array([1.0, 2.0, 3.0]), meta_params["lr"])
+  task = jax.tree.map(lambda x: x[0], tiny_tasks(jax.random.PRNGKey(1), 1))
+  loss_fn = algorithms.supervised_loss(tiny_mlp, mse)
+  for steps in (0, 2, 3):
+    expected = metajax.adapt(
+        loss_fn, meta_params["params"], task.support, steps=steps,
+        lr=jax.tree.map(lambda l: l[:steps], meta_params["lr"]),
+        per_step_lr=True)
+    chex.assert_trees_all_close(
+        learner.adapt(meta_params, task.support, steps=steps), expected)
+  chex.assert_trees_all_equal(learner.adapt(meta_params, task.support),
+                              learner.adapt(meta_params, task.support,
+                                            steps=3))
+  with pytest.raises(ValueError, match=r"cannot adapt with steps=4: these "
+                     r"meta-parameters have learned rates for 3 inner steps "
+                     r"only"):
+    learner.adapt(meta_params, task.support, steps=4)
+
+
 def test_maml_plus_plus_rejects_params_trained_for_another_step_count():
   trained = _learner(algorithms.maml_plus_plus, steps=3).init(
       jax.random.PRNGKey(0))
   longer = _learner(algorithms.maml_plus_plus, steps=5)
-  task = jax.tree.map(lambda x: x[0], tiny_tasks(jax.random.PRNGKey(1), 1))
-  with pytest.raises(ValueError, match=r"leading axis must be the number of "
-                     r"inner steps \(5\)"):
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 1)
+  task = jax.tree.map(lambda x: x[0], tasks)
+  with pytest.raises(ValueError, match=r"steps=5: .* learned rates for 3 "
+                     r"inner steps only"):
     longer.adapt(trained, task.support)
+  # Training takes every learned rate: fewer steps than rates are an error.
+  with pytest.raises(ValueError, match=r"leading axis must be the number of "
+                     r"inner steps \(2\)"):
+    _learner(algorithms.maml_plus_plus, steps=2).meta_grad(trained, tasks,
+                                                           None)
+
+
+@pytest.mark.parametrize("build", [algorithms.maml, algorithms.meta_sgd,
+                                   algorithms.joint])
+def test_adapt_steps_overrides_the_learners_own(build):
+  learner = _learner(build, steps=1, lr=0.1)
+  reference = _learner(build, steps=3, lr=0.1)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  task = jax.tree.map(lambda x: x[0], tiny_tasks(jax.random.PRNGKey(1), 1))
+  adapt = jax.jit(learner.adapt, static_argnames="steps")
+  chex.assert_trees_all_close(adapt(meta_params, task.support, steps=3),
+                              reference.adapt(meta_params, task.support),
+                              rtol=1e-6)
+  with pytest.raises(TypeError, match="steps must be a Python int"):
+    learner.adapt(meta_params, task.support, steps=jnp.int32(2))
 
 
 def test_fomaml_gradient_is_the_query_gradient_at_the_adapted_params():

@@ -92,7 +92,8 @@ def test_meta_training_lowers_the_mse_and_trains_both_networks():
   losses = metrics["loss"]
   assert np.all(np.diff(losses) < 0) and losses[-1] < 0.7 * losses[0], losses
   assert metrics["accuracy"][-1] >= metrics["accuracy"][0], metrics
-  assert set(final) == {"embed", "relation"}
+  assert set(final) == {"params"}
+  assert set(final["params"]) == {"embed", "relation"}
   # Adam moves every parameter whose gradient is not exactly zero, so a
   # changed kernel in each network shows that the gradient reached it. (A
   # bias followed by batch norm has no effect, so only kernels count.)

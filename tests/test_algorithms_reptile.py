@@ -27,7 +27,7 @@ def _per_task(tasks):
 
 
 def test_pseudo_gradient_is_params_minus_the_mean_adapted_params():
-  learner = _learner(steps=3, lr=0.1, test_steps=2,
+  learner = _learner(steps=3, lr=0.1,
                      metrics=lambda p, y: {"query_mse": mse(p, y)})
   meta_params = learner.init(jax.random.PRNGKey(0))
   params = meta_params["params"]
@@ -48,9 +48,9 @@ def test_pseudo_gradient_is_params_minus_the_mean_adapted_params():
       metrics["adapted_loss"],
       np.mean([loss_fn(a, d) for a, d in zip(adapted, data)]), rtol=1e-6)
   assert float(metrics["adapted_loss"]) < float(metrics["loss"])
-  # `metrics` scores the query set after test-time adaptation on the support.
+  # `metrics` scores the query set after adaptation on the support alone.
   np.testing.assert_allclose(metrics["query_mse"], np.mean([
-      loss_fn(adapt(t.support, 2), t.query) for t in _per_task(tasks)]),
+      loss_fn(adapt(t.support, 3), t.query) for t in _per_task(tasks)]),
                              rtol=1e-5)
 
 
@@ -98,14 +98,16 @@ def test_two_inner_steps_add_the_hessian_gradient_term(x64):
   assert size(residual) < 1e-2 * size(second)
 
 
-def test_adapt_fine_tunes_on_the_support_set_for_test_steps():
-  learner = _learner(steps=1, lr=0.1, test_steps=4)
+@pytest.mark.parametrize("steps", [None, 4])
+def test_adapt_fine_tunes_on_the_support_set(steps):
+  # The paper fine-tunes for more steps at test time than in training.
+  learner = _learner(steps=1, lr=0.1)
   meta_params = learner.init(jax.random.PRNGKey(0))
   task = _per_task(tiny_tasks(jax.random.PRNGKey(1), 1))[0]
-  adapted = learner.adapt(meta_params, task.support)
+  adapted = learner.adapt(meta_params, task.support, steps=steps)
   chex.assert_trees_all_close(
       adapted, metajax.adapt(loss_fn, meta_params["params"], task.support,
-                             steps=4, lr=0.1))
+                             steps=steps or 1, lr=0.1))
   x = task.query[0]
   np.testing.assert_array_equal(learner.predict(meta_params, adapted, x),
                                 tiny_mlp(adapted, x))
@@ -122,5 +124,10 @@ def test_meta_training_lowers_the_loss_of_a_conv4_classifier():
 def test_bad_step_counts_are_rejected():
   with pytest.raises(ValueError, match="steps must be >= 0"):
     _learner(steps=-1)
+  learner = _learner()
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  task = _per_task(tiny_tasks(jax.random.PRNGKey(1), 1))[0]
   with pytest.raises(TypeError, match="steps must be a Python int"):
-    _learner(test_steps=2.5)
+    learner.adapt(meta_params, task.support, steps=2.5)
+  with pytest.raises(ValueError, match="steps must be >= 0"):
+    learner.adapt(meta_params, task.support, steps=-1)

@@ -1,19 +1,28 @@
 """Verified checkpoints: corruption is caught, skipped and never rotated in."""
 
+import json
 import logging
 import os
+import shutil
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import metajax
+from metajax import algorithms
 from metajax import checkpoint
+from metajax.models import MLP
 
 
-def _tree(scale=1.0):
-  return {"w": scale * jnp.arange(12, dtype=jnp.float32).reshape(3, 4),
-          "b": {"c": jnp.full((5,), scale, jnp.float32)},
+def _tree(scale=1.0, **params):
+  """Two checkpoint items, a dict and an array; `params` replaces leaves."""
+  return {"params": {
+              "w": scale * jnp.arange(12, dtype=jnp.float32).reshape(3, 4),
+              "b": {"c": jnp.full((5,), scale, jnp.float32)}, **params},
           "step": jnp.int32(7)}
 
 
@@ -90,7 +99,6 @@ def test_unreadable_checkpoints_are_skipped(tmp_path, damage):
   elif damage == "delete_manifest":
     os.remove(manifest)
   elif damage == "empty_folder":
-    import shutil
     shutil.rmtree(folder)
     os.makedirs(folder)
   elif damage == "garbage_manifest":
@@ -99,7 +107,7 @@ def test_unreadable_checkpoints_are_skipped(tmp_path, damage):
   elif damage == "delete_file":
     os.remove(_data_files(folder)[0])
   else:
-    with open(os.path.join(folder, "state", "stray"), "w") as f:
+    with open(os.path.join(folder, "params", "stray"), "w") as f:
       f.write("x")
   step, tree, _ = ckpts.restore_latest(_tree())
   assert step == 1
@@ -123,9 +131,9 @@ def test_when_none_passes_nothing_is_moved_and_the_error_names_them(
 def test_another_structure_is_a_mismatch_not_corruption(tmp_path):
   ckpts = _writer(tmp_path)
   ckpts.save(1, _tree())
-  wider = dict(_tree(), w=jnp.zeros((3, 8), jnp.float32))
+  wider = _tree(w=jnp.zeros((3, 8), jnp.float32))
   with pytest.raises(checkpoint.CheckpointMismatchError,
-                     match=r"\['w'\]: checkpoint float32\[3, 4\], now "
+                     match=r"params\['w'\]: checkpoint float32\[3, 4\], now "
                            r"float32\[3, 8\]"):
     ckpts.restore_latest(wider)
   assert ckpts.steps() == [1]
@@ -134,24 +142,23 @@ def test_another_structure_is_a_mismatch_not_corruption(tmp_path):
 def test_non_finite_trees_are_never_written(tmp_path):
   ckpts = _writer(tmp_path)
   ckpts.save(1, _tree())
-  bad = dict(_tree(), b={"c": jnp.array([1.0, jnp.inf, 0, 0, 0])})
-  with pytest.raises(FloatingPointError, match=r"\['b'\]\['c'\]"):
+  bad = _tree(b={"c": jnp.array([1.0, jnp.inf, 0, 0, 0])})
+  with pytest.raises(FloatingPointError,
+                     match=r"\['params'\]\['b'\]\['c'\]"):
     ckpts.save(2, bad)
   assert ckpts.steps() == [1]
 
 
 def test_non_finite_values_on_disk_are_rejected_on_restore(tmp_path):
   """A checkpoint of infinities whose manifest matches its files."""
-  import json
-  import shutil
-  import orbax.checkpoint as ocp
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   ckpts = _writer(tmp_path)
   ckpts.save(1, _tree(1.0))
   ckpts.save(2, _tree(2.0))
   folder = ckpts.path(2)
-  shutil.rmtree(os.path.join(folder, "state"))
+  shutil.rmtree(os.path.join(folder, "params"))
   writer = ocp.StandardCheckpointer()
-  writer.save(os.path.join(folder, "state"), _tree(np.inf))
+  writer.save(os.path.join(folder, "params"), _tree(np.inf)["params"])
   writer.wait_until_finished()
   manifest_path = os.path.join(folder, checkpoint.MANIFEST)
   with open(manifest_path) as f:
@@ -194,7 +201,7 @@ def test_rotation_never_removes_the_last_verified_before_a_new_one_passes(
   ckpts = _writer(tmp_path, keep=1)
   ckpts.save(1, _tree(1.0))
   with pytest.raises(FloatingPointError):
-    ckpts.save(2, dict(_tree(), w=jnp.full((3, 4), jnp.nan)))
+    ckpts.save(2, _tree(w=jnp.full((3, 4), jnp.nan)))
   assert ckpts.steps() == [1]
   ckpts.save(3, _tree(3.0))
   assert ckpts.steps() == [3]
@@ -211,3 +218,108 @@ def test_a_killed_deletion_leaves_no_half_deleted_step(tmp_path):
   assert ckpts.steps() == [2]
   _writer(tmp_path)
   assert sorted(os.listdir(ckpts.directory)) == ["2"]
+
+
+def test_items_restore_alone(tmp_path):
+  ckpts = _writer(tmp_path)
+  ckpts.save(1, _tree(2.0))
+  assert sorted(os.listdir(ckpts.path(1))) == [checkpoint.MANIFEST, "params",
+                                                 "step"]
+  # Another shape of an item not asked for is no mismatch.
+  items, _ = ckpts.restore(1, {"params": _tree()["params"]})
+  assert list(items) == ["params"]
+  chex.assert_trees_all_equal(items["params"], _tree(2.0)["params"])
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"opt_state: checkpoint absent, now float32\[\]"):
+    ckpts.restore(1, {"opt_state": jnp.float32(0)})
+
+
+def save_format_1(directory, step, tree, metadata=None):
+  """Writes `tree` as checkpoint `step` as metajax did before items.
+
+  One orbax item, `<step>/state/`, and a manifest of format 1 holding the
+  leaves of that one tree.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(directory, str(step))
+  writer = ocp.StandardCheckpointer()
+  writer.save(os.path.join(folder, "state"), tree)
+  writer.wait_until_finished()
+  writer.close()
+  manifest = {"format": 1, "step": step,
+              "files": checkpoint._file_hashes(folder),
+              "leaves": checkpoint.leaf_specs(tree),
+              "metadata": metadata or {}, "time": 0.0}
+  with open(os.path.join(folder, checkpoint.MANIFEST), "w") as f:
+    json.dump(manifest, f, indent=1)
+
+
+def _train_state(step, width=4):
+  """A `TrainState` as `metajax.train` checkpoints it, at `step`."""
+  model = MLP((width,), 1)
+  learner = algorithms.maml(lambda k: model.init(k, jnp.zeros((1, 1))),
+                            model.apply, algorithms.mse)
+  state = metajax.init_state(learner, optax.adam(1e-2), jax.random.PRNGKey(0))
+  return state._replace(step=jnp.int32(step),
+                        meta_params=jax.tree.map(lambda x: x + 1.0,
+                                                 state.meta_params))
+
+
+def _zeros(tree):
+  return jax.tree.map(jnp.zeros_like, tree)
+
+
+def test_restore_params_needs_no_optimiser(tmp_path):
+  workdir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match=f"no checkpoint in "
+                                              f"{workdir}/checkpoints"):
+    checkpoint.restore_params(workdir, {})
+  state = _train_state(10)
+  checkpointer = checkpoint.TrainCheckpointer(
+      workdir, key=jax.random.PRNGKey(0), num_steps=10, every=5)
+  checkpointer.save(state)
+  folder = os.path.join(workdir, "checkpoints", "10")
+  assert sorted(os.listdir(folder)) == ["loop", "meta_params",
+                                        checkpoint.MANIFEST, "opt_state"]
+  params = checkpoint.restore_params(workdir, _zeros(state.meta_params))
+  chex.assert_trees_all_equal(params, state.meta_params)
+  wider = _train_state(0, width=8).meta_params
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"meta_params\[.*\['Dense_0'\]\['kernel'\]: "
+                           r"checkpoint float32\[1, 4\], now float32\[1, 8\]"):
+    checkpoint.restore_params(workdir, wider)
+
+
+def test_a_format_1_checkpoint_is_verified_and_restored(tmp_path):
+  workdir = str(tmp_path)
+  directory = os.path.join(workdir, "checkpoints")
+  state = _train_state(20)
+  save_format_1(directory, 20, state._asdict(), {"run_key": [0, 0]})
+  params = checkpoint.restore_params(workdir, _zeros(state.meta_params))
+  chex.assert_trees_all_equal(params, state.meta_params)
+  like = _train_state(0)
+  restored = checkpoint.restore_state(workdir, _zeros(like))
+  chex.assert_trees_all_equal(restored, state)
+  # A resume reads it too, checks its key, and moves nothing aside.
+  resumed = checkpoint.TrainCheckpointer(
+      workdir, key=jax.random.PRNGKey(0), num_steps=30, every=5).resume(like)
+  chex.assert_trees_all_equal(resumed, state._replace(
+      nonfinite_step=jnp.int32(-1)))
+  with pytest.raises(ValueError, match="another seed"):
+    checkpoint.TrainCheckpointer(workdir, key=jax.random.PRNGKey(1),
+                                 num_steps=30, every=5).resume(like)
+  assert sorted(os.listdir(directory)) == ["20"]
+  # Its files are still checked against its manifest.
+  _flip_byte(_data_files(os.path.join(directory, "20"))[0])
+  with pytest.raises(checkpoint.CheckpointError, match="SHA-256"):
+    checkpoint.restore_params(workdir, like.meta_params)
+
+
+def test_format_1_best_parameters_are_restored(tmp_path):
+  params = _train_state(0).meta_params
+  save_format_1(str(tmp_path / "best"), 15, params)
+  with open(tmp_path / "best.json", "w") as f:
+    json.dump({"step": 15, "metric": "acc", "score": 0.5}, f)
+  restored, info = checkpoint.restore_best(str(tmp_path), _zeros(params))
+  chex.assert_trees_all_equal(restored, params)
+  assert info == {"step": 15, "metric": "acc", "score": 0.5}

@@ -1,5 +1,6 @@
 """The verified downloader, against a real HTTP server on 127.0.0.1."""
 
+import contextlib
 import filecmp
 import functools
 import hashlib
@@ -15,9 +16,11 @@ import numpy as np
 import pytest
 
 from metajax.data import download
-from metajax.data import omniglot_official
+from metajax.data.students import knowledge_tracing as kt
+from metajax.data.vision import omniglot_official
 
 FILES = download.OMNIGLOT_FILES
+KT_FILES = download.KNOWLEDGE_TRACING_FILES
 KNOWN = tuple(n for n, f in FILES.items() if f.sha256)
 SMALL1 = "images_background_small1.zip"
 
@@ -46,14 +49,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     pass  # keeps test output clean
 
 
-@pytest.fixture
-def server(tmp_path, shared_data_dir, monkeypatch):
-  """Serves a copy of the shared files, under their registry names."""
-  root = tmp_path / "mirror"
-  for name in KNOWN:
-    target = root / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(os.path.join(shared_data_dir, "omniglot", name), target)
+@contextlib.contextmanager
+def serve(root, monkeypatch):
+  """An HTTP server on 127.0.0.1 for the folder `root`, while in the block."""
   for proxy in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
     monkeypatch.delenv(proxy, raising=False)
   log = []
@@ -64,11 +62,35 @@ def server(tmp_path, shared_data_dir, monkeypatch):
   thread = threading.Thread(target=httpd.serve_forever, args=(0.05,),
                             daemon=True)
   thread.start()
-  yield types.SimpleNamespace(
-      root=root, log=log, url=f"http://127.0.0.1:{httpd.server_port}")
-  httpd.shutdown()
-  httpd.server_close()
-  thread.join()
+  try:
+    yield types.SimpleNamespace(
+        root=root, log=log, url=f"http://127.0.0.1:{httpd.server_port}")
+  finally:
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def server(tmp_path, shared_data_dir, monkeypatch):
+  """Serves a copy of the shared Omniglot files, under their registry names."""
+  root = tmp_path / "mirror"
+  for name in KNOWN:
+    target = root / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(os.path.join(shared_data_dir, "omniglot", name), target)
+  with serve(root, monkeypatch) as running:
+    yield running
+
+
+@pytest.fixture
+def kt_server(tmp_path, shared_data_dir, monkeypatch):
+  """Serves a copy of the shared knowledge-tracing files, laid out like the
+  DKVMN release's `data/` folder."""
+  root = tmp_path / "kt_mirror"
+  shutil.copytree(os.path.join(shared_data_dir, "knowledge_tracing"), root)
+  with serve(root, monkeypatch) as running:
+    yield running
 
 
 def files_under(folder):
@@ -217,3 +239,118 @@ def test_fetch_into_a_folder_and_argument_errors(server, tmp_path):
     download.download_omniglot(str(folder), files=["images_background.tar"])
   with pytest.raises(ValueError, match="names no file"):
     download.fetch(f"{server.url}/", str(folder))
+
+
+# Knowledge tracing: the DKVMN release.
+
+
+def kt_split_files(name):
+  return sorted(f"{name}_{split}.csv"
+                for split in download.KNOWLEDGE_TRACING_SPLITS)
+
+
+def test_kt_registry_matches_the_shared_checksums(shared_data_dir):
+  with open(os.path.join(shared_data_dir, "SHA256SUMS")) as f:
+    sums = {path: digest for digest, path in map(str.split, f)}
+  want = {path[len("./knowledge_tracing/"):]: digest
+          for path, digest in sums.items()
+          if path.startswith("./knowledge_tracing/")}
+  assert {n: f.sha256 for n, f in KT_FILES.items()} == want
+  for name in download.KNOWLEDGE_TRACING_DATASETS:
+    for file in kt_split_files(name):
+      assert f"{name}/{file}" in KT_FILES
+  assert KT_FILES["STATICS/STATICS_test.csv"].url == (
+      "https://raw.githubusercontent.com/jennyzhang0215/DKVMN/"
+      "b2dac2ad06c03d3715938e890e69856a3cbc7e1f/data/STATICS/"
+      "STATICS_test.csv")
+
+
+def test_kt_download_then_load_like_the_shared_copy(kt_server, tmp_path,
+                                                    shared_data_dir):
+  data_dir = str(tmp_path / "data")
+  folder = download.download_knowledge_tracing(
+      "assist2009_updated", data_dir, base_url=kt_server.url)
+  assert folder == os.path.join(data_dir, "knowledge_tracing",
+                                "assist2009_updated")
+  assert sorted(os.listdir(folder)) == kt_split_files("assist2009_updated")
+  shared = os.path.join(shared_data_dir, "knowledge_tracing",
+                        "assist2009_updated")
+  for file in os.listdir(folder):
+    assert filecmp.cmp(os.path.join(folder, file), os.path.join(shared, file),
+                       shallow=False), file
+  got = kt.load(data_dir, "assist2009", fold=2)
+  assert kt.summary(got) == kt.summary(
+      kt.load(shared_data_dir, "assist2009", fold=2))
+  assert got.train.source == os.path.join(folder,
+                                          "assist2009_updated_train2.csv")
+  # Present and verified: no request, also through load(download=True).
+  requests = len(kt_server.log)
+  download.download_knowledge_tracing("assist2009_updated", data_dir,
+                                      base_url=kt_server.url)
+  kt.load(data_dir, "assist2009", download=True)
+  assert len(kt_server.log) == requests
+
+
+def test_kt_load_downloads_when_asked(kt_server, tmp_path, monkeypatch):
+  # The registry's URLs, redirected to the local mirror: the same code path
+  # as a real download, without the internet.
+  monkeypatch.setattr(download, "KNOWLEDGE_TRACING_FILES", {
+      n: f._replace(url=f"{kt_server.url}/{n}") for n, f in KT_FILES.items()})
+  data_dir = tmp_path / "data"
+  with pytest.raises(FileNotFoundError) as error:
+    kt.load(str(data_dir), "statics2011")
+  assert kt_server.log == []
+  data = kt.load(str(data_dir), "statics2011", fold=1, download=True)
+  assert data.name == "STATICS" and data.num_questions == 1223
+  assert data.train.num_students + data.valid.num_students == 229
+  folder = data_dir / "knowledge_tracing" / "STATICS"
+  assert sorted(os.listdir(folder)) == kt_split_files("STATICS")
+  for hint in (str(folder), "download=True", "$METAJAX_DATA_DIR"):
+    assert hint in str(error.value)
+  with pytest.raises(ValueError, match="downloadable ones are"):
+    kt.load(str(data_dir), "assist2015", download=True)
+
+
+def test_kt_side_files(kt_server, tmp_path):
+  folder = download.download_knowledge_tracing(
+      "STATICS", str(tmp_path), base_url=kt_server.url, side_files=True)
+  side = sorted(n.split("/")[1] for n in KT_FILES
+                if n.startswith("STATICS/")
+                and n.split("/")[1] not in kt_split_files("STATICS"))
+  assert "Qmatrix.csv" in side and "data_log" in side
+  assert sorted(os.listdir(folder)) == sorted(kt_split_files("STATICS") + side)
+
+
+def test_kt_tampered_download_is_discarded(kt_server, tmp_path):
+  served = kt_server.root / "STATICS" / "STATICS_valid3.csv"
+  data = bytearray(served.read_bytes())
+  data[100] ^= 0x01
+  served.write_bytes(bytes(data))
+  data_dir = tmp_path / "data"
+  with pytest.raises(download.ChecksumError) as error:
+    download.download_knowledge_tracing("STATICS", str(data_dir),
+                                        base_url=kt_server.url)
+  message = str(error.value)
+  final = data_dir / "knowledge_tracing" / "STATICS" / "STATICS_valid3.csv"
+  assert f"{kt_server.url}/STATICS/STATICS_valid3.csv" in message
+  assert str(final) in message
+  assert KT_FILES["STATICS/STATICS_valid3.csv"].sha256 in message
+  assert hashlib.sha256(data).hexdigest() in message
+  # The files before it stay, verified; nothing of it, not even a temporary.
+  assert files_under(final.parent) == sorted(
+      f"STATICS_{split}.csv" for split in ("train", "test", "train1",
+                                           "valid1", "train2", "valid2",
+                                           "train3"))
+
+
+def test_kt_http_failures_and_unknown_names(kt_server, tmp_path):
+  data_dir = tmp_path / "data"
+  with pytest.raises(download.DownloadError, match="HTTP 404") as error:
+    download.download_knowledge_tracing(
+        "STATICS", str(data_dir), base_url=f"{kt_server.url}/nowhere")
+  assert (f"{kt_server.url}/nowhere/STATICS/STATICS_train.csv"
+          in str(error.value))
+  assert files_under(data_dir) == []
+  with pytest.raises(ValueError, match="unknown knowledge-tracing dataset "
+                     "'assist2009'"):
+    download.download_knowledge_tracing("assist2009", str(data_dir))

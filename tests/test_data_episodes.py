@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from metajax.data import episodes
+from metajax.data.vision import episodes
 
 
 def _dataset(classes=12, examples=6, counts=None):

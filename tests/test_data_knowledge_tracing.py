@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from metajax.data import knowledge_tracing as kt
+from metajax.data.students import knowledge_tracing as kt
 
 
 def _write(tmp_path, text, name="toy_train.csv"):
@@ -192,5 +192,16 @@ def test_finds_a_third_dataset_by_name_and_folder(tmp_path):
   assert kt.load(str(folder), "assist2015").train.num_students == 2
   with pytest.raises(FileNotFoundError, match="fold 2"):
     kt.load(str(tmp_path), "assist2015", fold=2)
-  with pytest.raises(FileNotFoundError, match="no nope_train.csv"):
+  with pytest.raises(FileNotFoundError, match="no nope_train.csv") as error:
     kt.load(str(tmp_path), "nope")
+  # Only the DKVMN datasets can be downloaded.
+  assert "$METAJAX_DATA_DIR" in str(error.value)
+  assert "download=True" not in str(error.value)
+
+
+def test_data_dir_defaults_to_the_environment(tmp_path, monkeypatch):
+  monkeypatch.setenv("METAJAX_DATA_DIR", str(tmp_path))
+  with pytest.raises(FileNotFoundError) as error:
+    kt.load(None, "assist2009")
+  folder = str(tmp_path / "knowledge_tracing" / "assist2009_updated")
+  assert f"downloads it into {folder}" in str(error.value)

@@ -8,13 +8,13 @@ import os
 import pickle
 import re
 import shutil
-import struct
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from metajax.data import mini_imagenet
+from metajax.data.vision import mini_imagenet
+from test_data_safe_pickle import Py2Pickler
 
 SPLITS = ("train", "val", "test")
 SIZE = 8
@@ -51,14 +51,13 @@ def pickle_data(images, names):
                          for c, name in enumerate(names)}}
 
 
-def write_pickles(root, pixels, protocol=pickle.HIGHEST_PROTOCOL,
-                  val_name="val"):
+def write_pickles(root, pixels, val_name="val"):
   os.makedirs(root, exist_ok=True)
   for s in SPLITS:
     name = val_name if s == "val" else s
     with open(os.path.join(root, f"mini-imagenet-cache-{name}.pkl"),
               "wb") as f:
-      pickle.dump(pickle_data(pixels[s], WNIDS[s]), f, protocol=protocol)
+      pickle.dump(pickle_data(pixels[s], WNIDS[s]), f)
   return str(root)
 
 
@@ -132,24 +131,6 @@ def test_three_layouts_give_equal_datasets(tmp_path, pixels):
       np.testing.assert_array_equal(other[s].images, loaded[0][s].images)
       np.testing.assert_array_equal(other[s].counts, loaded[0][s].counts)
       assert other[s].class_names == loaded[0][s].class_names
-
-
-@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
-def test_pickle_protocols(tmp_path, pixels, protocol):
-  # Protocols 0-2 store bytes through _codecs.encode, 5 through _frombuffer.
-  assert_same(load(write_pickles(tmp_path, pixels, protocol)), pixels)
-
-
-class Py2Pickler(pickle._Pickler):  # pylint: disable=protected-access
-  """Writes bytes as Python 2 `str` (BINSTRING), as Python 2 pickles hold
-  strings and numpy's array data."""
-  dispatch = pickle._Pickler.dispatch.copy()  # pylint: disable=protected-access
-
-  def save_str(self, obj):
-    self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-    self.memoize(obj)
-
-  dispatch[bytes] = save_str
 
 
 def test_python2_pickles_and_byte_string_keys(tmp_path, pixels):
@@ -377,23 +358,6 @@ def write_one(root, data, split="train"):
   with open(path, "wb") as f:
     pickle.dump(data, f)
   return path
-
-
-def test_pickle_refuses_code(tmp_path, pixels):
-  root = write_pickles(tmp_path, pixels)
-  marker = tmp_path / "marker"
-
-  class Payload:
-
-    def __reduce__(self):
-      return open, (str(marker), "w")
-
-  data = pickle_data(pixels["train"], WNIDS["train"])
-  data["class_dict"]["extra"] = Payload()
-  path = write_one(root, data)
-  error(ValueError, f"{path}: not a readable mini-ImageNet pickle "
-        f"(UnpicklingError: refusing to load io.open", load, root)
-  assert not marker.exists()
 
 
 def test_pickle_content_errors(tmp_path, pixels):

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from metajax.data import omniglot
+from metajax.data.vision import omniglot
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metajax.data import omniglot
-from metajax.data import omniglot_official as official
+from metajax.data.vision import omniglot
+from metajax.data.vision import omniglot_official as official
 
 SMALL = ("images_background_small1.zip", "images_background_small2.zip")
 # One real character of small1, re-rooted under images_background/.

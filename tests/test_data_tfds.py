@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metajax.data import episodes
-from metajax.data import omniglot
-from metajax.data import tfds_source
+from metajax.data.vision import episodes
+from metajax.data.vision import omniglot
+from metajax.data.vision import tfds_source
 
 # Two official sets, a few characters each; alphabet names with "_" and "()"
 # check that names survive the tfds ClassLabel round trip.
@@ -94,7 +94,7 @@ def test_fc100_is_split_by_superclass():
 
 
 def test_importing_metajax_does_not_import_tensorflow():
-  code = ("import sys, metajax, metajax.data.tfds_source; "
+  code = ("import sys, metajax, metajax.data.vision.tfds_source; "
           "print([m for m in ('tensorflow', 'tensorflow_datasets') "
           "if m in sys.modules])")
   out = subprocess.run([sys.executable, "-c", code], check=True,

@@ -1,4 +1,8 @@
-"""The few-shot vision experiment: files, exact resume after a kill, reuse."""
+"""The few-shot vision experiment: files, exact resume after a kill, reuse.
+
+The main run is tested twice: on synthetic Omniglot-format files (so a clone
+without the real data still tests every path) and on the real Omniglot.
+"""
 
 import json
 import os
@@ -14,10 +18,10 @@ import numpy as np
 import pytest
 
 import metajax
-from metajax.data import omniglot
-from metajax.data import omniglot_official
+from metajax import checkpoint
+from metajax.data.vision import omniglot
 from metajax.experiments import fewshot_vision as fv
-from metajax.training import restore_state
+import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,11 +36,20 @@ def _config(data_dir, cache_dir, **kw):
   return fv.Config(**base)
 
 
+@pytest.fixture(scope="module", params=["synthetic", "real"])
+def data(request, tmp_path_factory):
+  """(data folder, cache folder) of synthetic or real Omniglot."""
+  if request.param == "synthetic":
+    root = str(tmp_path_factory.mktemp("synthetic_data"))
+    return synthetic.write_omniglot(root), os.path.join(root, "cache")
+  return (request.getfixturevalue("shared_data_dir"),
+          request.getfixturevalue("omniglot_cache"))
+
+
 @pytest.fixture(scope="module")
-def protonet_run(tmp_path_factory, shared_data_dir, omniglot_cache):
+def protonet_run(tmp_path_factory, data):
   workdir = str(tmp_path_factory.mktemp("protonet"))
-  results = fv.train_and_evaluate(
-      _config(shared_data_dir, omniglot_cache), workdir)
+  results = fv.train_and_evaluate(_config(*data), workdir)
   return workdir, results
 
 
@@ -44,8 +57,8 @@ def test_run_writes_results_curves_logs_and_checkpoints(protonet_run):
   workdir, results = protonet_run
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f) == json.loads(json.dumps(results))
-  assert results["steps"] == 20
-  assert 0 < results["train_time_s"] < results["wall_time_s"]
+  assert results["steps"] == 20 and results["experiment"] == "fewshot_vision"
+  assert 0 < results["train_time_s"][""] < results["wall_time_s"]
   assert [(t["ways"], t["shots"], t["episodes"]) for t in results["test"]] == [
       (5, 1, 20), (20, 1, 20)]
   for t in results["test"]:
@@ -61,24 +74,21 @@ def test_run_writes_results_curves_logs_and_checkpoints(protonet_run):
 
 
 def test_predictor_takes_raw_drawings_of_a_custom_episode(protonet_run,
-                                                          shared_data_dir):
-  """A 20-way 1-shot episode built from the official PNG zip."""
+                                                          data):
+  """A 10-way 1-shot episode of raw drawings of the data folder."""
   workdir, _ = protonet_run
-  raw = omniglot_official.load_official(
-      os.path.join(shared_data_dir, "omniglot",
-                   "images_background_small1.zip"))
-  support_x = raw.images[:20, 0]              # uint8 [20, 105, 105], 255 paper
-  query_x = raw.images[:20, 1:4].reshape(60, 105, 105)
-  support_y = np.arange(20)
-  predict = metajax.load_predictor(workdir)
+  raw = omniglot.load_npz(os.path.join(data[0], "omniglot"))
+  support_x = raw.images[:10, 0]              # uint8 [10, 105, 105], 255 paper
+  query_x = raw.images[:10, 1:4].reshape(30, 105, 105)
+  support_y = np.arange(10)
+  predict = fv.load_predictor(workdir)
   logits = predict(support_x, support_y, query_x)
-  assert logits.shape == (60, 20)
+  assert logits.shape == (30, 10)
   # The same numbers through the training path on preprocessed arrays.
   config = fv.read_config(workdir)
-  learner = fv.make_learner(config, 20, test=True)
-  like = metajax.init_state(fv.make_learner(config, 5), fv._optimizer(config),
-                            jax.random.PRNGKey(0))
-  meta_params = restore_state(workdir, like).meta_params
+  learner = fv.make_learner(config, 10)
+  like = learner.init(jax.random.PRNGKey(0))
+  meta_params = checkpoint.restore_params(workdir, like)
   prep = lambda x: omniglot.transform(x)[..., None]
   state = learner.adapt(meta_params, (prep(support_x), jnp.asarray(support_y)))
   np.testing.assert_allclose(
@@ -88,14 +98,14 @@ def test_predictor_takes_raw_drawings_of_a_custom_episode(protonet_run,
   own = predict(support_x, support_y, support_x[::-1])
   np.testing.assert_array_equal(np.argmax(own, -1), support_y[::-1])
   jitted = jax.jit(predict, static_argnames="ways")
-  np.testing.assert_allclose(jitted(support_x, support_y, query_x, ways=20),
+  np.testing.assert_allclose(jitted(support_x, support_y, query_x, ways=10),
                              logits, rtol=1e-5, atol=1e-4)
 
 
 def test_predictor_names_inputs_it_would_misread(protonet_run):
   """Each error comes at the call, before any image reaches the network."""
   workdir, _ = protonet_run
-  predict = metajax.load_predictor(workdir)
+  predict = fv.load_predictor(workdir)
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (5, 105, 105), dtype=np.uint8)
   y = np.arange(5)
@@ -157,12 +167,14 @@ def _flags(workdir, data_dir, cache_dir, num_steps, compilation_cache):
           "--val_episodes=0", "--eval_episodes=10", "--progress=false"]
 
 
-def _restore_params(workdir, config):
-  like = metajax.init_state(fv.make_learner(config, config.ways),
-                            fv._optimizer(config), jax.random.PRNGKey(0))
-  return restore_state(workdir, like)
+def _restore_state(workdir, config):
+  learner = fv.make_learner(config, config.ways)
+  like = metajax.init_state(learner, fv.make_optimizer(config),
+                            jax.random.PRNGKey(0))
+  return checkpoint.restore_state(workdir, like)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(
     tmp_path, shared_data_dir, omniglot_cache):
   steps = 600
@@ -194,7 +206,7 @@ def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(
   config = fv.read_config(killed)
   full = str(tmp_path / "full")
   fv.train_and_evaluate(config, full)
-  a, b = _restore_params(killed, config), _restore_params(full, config)
+  a, b = _restore_state(killed, config), _restore_state(full, config)
   assert int(a.step) == int(b.step) == steps
   chex.assert_trees_all_equal(a.meta_params, b.meta_params)
   chex.assert_trees_all_equal(a.opt_state, b.opt_state)
@@ -217,13 +229,17 @@ def test_bad_configurations_are_named(shared_data_dir, omniglot_cache,
   with pytest.raises(FileNotFoundError, match="omniglot_background_105.npz"):
     fv.train_and_evaluate(_config(str(tmp_path), omniglot_cache),
                           str(tmp_path / "w"))
-  with pytest.raises(FileNotFoundError, match="not a fewshot_vision workdir"):
-    metajax.load_predictor(str(tmp_path / "nothing"))
+  with pytest.raises(FileNotFoundError, match="holds no run of this "
+                     "experiment"):
+    fv.load_predictor(str(tmp_path / "nothing"))
 
 
-def test_docs_example_runs_on_a_trained_workdir(protonet_run,
-                                                shared_data_dir):
-  workdir, _ = protonet_run
+@pytest.mark.slow
+def test_docs_example_runs_on_a_trained_workdir(tmp_path, shared_data_dir,
+                                                omniglot_cache):
+  workdir = str(tmp_path / "protonet")
+  fv.train_and_evaluate(_config(shared_data_dir, omniglot_cache,
+                                num_steps=10, val_episodes=0), workdir)
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "docs", "examples",
                                     "custom_episode.py"),

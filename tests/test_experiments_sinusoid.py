@@ -36,6 +36,7 @@ def finished_run(tmp_path_factory, compilation_cache):
   return workdir, proc
 
 
+@pytest.mark.slow
 def test_writes_results_plot_logs_and_checkpoints(finished_run):
   workdir, proc = finished_run
   with open(os.path.join(workdir, "results.json")) as f:
@@ -58,6 +59,7 @@ def test_writes_results_plot_logs_and_checkpoints(finished_run):
   assert "query MSE on 600 held-out tasks" in proc.stdout
 
 
+@pytest.mark.slow
 def test_maml_adapts_far_better_than_joint_training(finished_run):
   """The paper's finding, already after 5,000 small meta-steps."""
   with open(os.path.join(finished_run[0], "results.json")) as f:
@@ -67,6 +69,7 @@ def test_maml_adapts_far_better_than_joint_training(finished_run):
     assert maml["mean"] + maml["ci95"] < 0.5 * (joint["mean"] - joint["ci95"])
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_reproduces_the_results(finished_run,
                                                   compilation_cache):
   workdir, _ = finished_run
@@ -91,6 +94,7 @@ def test_bad_flags_fail_with_a_clear_message(tmp_path):
     sinusoid.Config(meta_batch_size=0).validate()
 
 
+@pytest.mark.slow
 def test_a_rerun_with_another_seed_or_rate_is_refused(finished_run):
   workdir, _ = finished_run
   with open(os.path.join(workdir, "results.json")) as f:
@@ -103,6 +107,7 @@ def test_a_rerun_with_another_seed_or_rate_is_refused(finished_run):
     assert f.read() == before
 
 
+@pytest.mark.slow
 def test_divergence_stops_naming_the_learner_and_keeps_a_finite_state(
     tmp_path):
   proc = _run(str(tmp_path), "--outer_lr=3")

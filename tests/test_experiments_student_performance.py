@@ -1,17 +1,21 @@
-"""The student-performance experiment end to end, on a third dataset."""
+"""The student-performance experiment end to end, on a third dataset.
+
+The main run is tested twice: on synthetic students written in the
+three-line format (so a clone without the real data still tests every
+path) and on real ASSISTments 2009 students.
+"""
 
 import json
 import os
 import subprocess
 import sys
 
-import chex
-import jax
 import numpy as np
 import pytest
 
-from metajax.data import knowledge_tracing as kt
+from metajax.data.students import knowledge_tracing as kt
 from metajax.experiments import student_performance as sp
+import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,13 +28,26 @@ def _write(path, seqs, rows):
 
 
 @pytest.fixture(scope="module")
-def third_dataset(shared_data_dir, tmp_path_factory):
+def synthetic_dataset(tmp_path_factory):
+  """(data folder, largest question id) of synthetic students 'kt_sample'."""
+  root = str(tmp_path_factory.mktemp("synthetic_kt"))
+  synthetic.write_knowledge_tracing(root, "kt_sample")
+  data = kt.load(root, "kt_sample")
+  return root, max(int(q.max()) for q in data.train.questions +
+                   data.test.questions)
+
+
+@pytest.fixture(scope="module", params=["synthetic", "real"])
+def third_dataset(request, tmp_path_factory):
   """A dataset the experiment has never heard of: 'kt_sample', in the format.
 
-  Its students are real ASSISTments 2009 students, with their question ids
-  shifted by 7 so that nothing can rely on the original id range.
+  Its students are synthetic, or real ASSISTments 2009 students with their
+  question ids shifted by 7 so that nothing can rely on the original id
+  range.
   """
-  real = kt.load(shared_data_dir, "assist2009")
+  if request.param == "synthetic":
+    return request.getfixturevalue("synthetic_dataset")
+  real = kt.load(request.getfixturevalue("shared_data_dir"), "assist2009")
   shift = lambda s: kt.Sequences(tuple(q + 7 for q in s.questions),
                                  s.answers)
   folder = tmp_path_factory.mktemp("kt") / "kt_sample"
@@ -58,6 +75,7 @@ def _run(data_dir, workdir, *extra):
     return json.load(f), out.stdout
 
 
+@pytest.mark.slow
 def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
     third_dataset, tmp_path):
   data_dir, num_questions = third_dataset
@@ -117,9 +135,9 @@ def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
   assert again["cold_start_gain"] == results["cold_start_gain"]
 
 
-def test_dkt_model_runs_in_process(third_dataset, tmp_path):
-  config = sp.Config(dataset="kt_sample", data_dir=third_dataset[0], fold=0,
-                     model="dkt", algorithms=("maml",), support_sizes=(0, 5),
+def test_dkt_model_runs_in_process(synthetic_dataset, tmp_path):
+  config = sp.Config(dataset="kt_sample", data_dir=synthetic_dataset[0],
+                     fold=0, model="dkt", algorithms=("maml",), support_sizes=(0, 5),
                      num_steps=4, meta_batch_size=4, hidden=8, embed_dim=8,
                      personal_dim=2, window=50, online_every=50, eval_batch=64,
                      bootstrap=20, log_every=2, checkpoint_every=2,
@@ -127,20 +145,6 @@ def test_dkt_model_runs_in_process(third_dataset, tmp_path):
   results = sp.train_and_evaluate(config, str(tmp_path))
   assert results["model"] == "dkt"
   assert np.isfinite(results["usual_protocol"]["maml"]["auc"])
-
-
-def test_meta_learners_can_start_from_the_joint_parameters():
-  config = sp.Config(window=20)
-  joint = sp.make_learner(config, "joint", 30)
-  start = joint.init(jax.random.PRNGKey(1))["params"]
-  meta_sgd = sp.make_learner(config, "meta_sgd", 30)
-  fresh = meta_sgd.init(jax.random.PRNGKey(2))
-  started = sp._starting_from(meta_sgd, start).init(jax.random.PRNGKey(2))
-  chex.assert_trees_all_equal(started["params"], start)
-  # Meta-SGD's learned rates start where they would have.
-  chex.assert_trees_all_equal(started["lr"], fresh["lr"])
-  assert not np.array_equal(fresh["params"]["params"]["item_profile"][
-      "embedding"], start["params"]["item_profile"]["embedding"])
 
 
 def test_bad_config_and_bad_files_are_reported(tmp_path):
@@ -163,8 +167,8 @@ def test_bad_config_and_bad_files_are_reported(tmp_path):
 
 
 def test_support_sizes_beyond_the_sequences_are_refused_before_training(
-    third_dataset, tmp_path):
-  data_dir, _ = third_dataset
+    synthetic_dataset, tmp_path):
+  data_dir, _ = synthetic_dataset
   config = sp.Config(dataset="kt_sample", data_dir=data_dir, fold=0,
                      support_sizes=(0, 3, 5000), window=6000,
                      progress=False)
@@ -190,9 +194,9 @@ def test_bad_values_are_rejected_up_front(field, value, message):
     sp.Config(model="dkt", hidden=0).validate()
 
 
-def test_a_rerun_with_other_support_sizes_is_refused(third_dataset,
+def test_a_rerun_with_other_support_sizes_is_refused(synthetic_dataset,
                                                      tmp_path):
-  data_dir, _ = third_dataset
+  data_dir, _ = synthetic_dataset
   config = sp.Config(dataset="kt_sample", data_dir=data_dir, fold=0,
                      algorithms=("maml",), support_sizes=(0, 5),
                      num_steps=4, meta_batch_size=4, window=50,

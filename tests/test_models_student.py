@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metajax.data.students import KTInput
-from metajax.data.students import KTTarget
+from metajax.data.students.sequences import KTInput
+from metajax.data.students.sequences import KTTarget
 from metajax.models.student import StudentModel
 from metajax.models.student import masked_bce
 from metajax.models.student import student_mask

@@ -48,7 +48,7 @@ import metajax
 from metajax import algorithms, sharding
 from metajax.data import sinusoid
 from metajax.models import MLP
-from metajax.training import restore_state
+from metajax.checkpoint import restore_state
 
 # Later runs compile what earlier ones did: load it instead.
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp())

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +18,9 @@ import metajax
 from metajax import algorithms
 from metajax.data import sinusoid
 from metajax.models import MLP
-from metajax.training import restore_state
+from metajax.checkpoint import restore_state
+from test_checkpoint import save_format_1
+from test_summary import Recorder
 
 MODEL = MLP((16,), 1)
 
@@ -61,6 +64,30 @@ def test_resume_reaches_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   # Training time accumulates across the interruption.
   times = [r["train_s"] for r in _log(part)]
   assert times == sorted(times) and times[0] > 0
+
+
+def test_a_checkpoint_of_the_format_before_items_resumes_exactly(tmp_path):
+  full = _train(str(tmp_path / "full"), 30)
+  part = str(tmp_path / "part")
+  first = _train(part, 20)
+  # The workdir as the code before checkpoint items left it.
+  directory = os.path.join(part, "checkpoints")
+  shutil.rmtree(directory)
+  save_format_1(directory, 20, first._asdict(), {"run_key": [0, 0]})
+  chex.assert_trees_all_equal(
+      metajax.restore_params(part, _learner().init(jax.random.PRNGKey(1))),
+      first.meta_params)
+  resumed = _train(part, 30)
+  chex.assert_trees_all_equal(resumed.meta_params, full.meta_params)
+  chex.assert_trees_all_equal(resumed.opt_state, full.opt_state)
+  assert sorted(os.listdir(directory)) == ["20", "30"]  # none set aside
+  assert [r["step"] for r in _log(part)] == [5, 10, 15, 20, 25, 30]
+
+
+def test_extra_writers_get_every_record_and_stay_open(tmp_path):
+  extra = Recorder()
+  _train(str(tmp_path), 10, writers=[extra])
+  assert extra.records == _log(str(tmp_path)) and not extra.closed
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path):
@@ -152,7 +179,7 @@ def test_without_a_workdir_the_last_finite_state_comes_with_the_error():
 def test_non_finite_steps_can_be_skipped_instead(tmp_path):
   exploding = _learner(lr=1e4, steps=5)
   state = _train(str(tmp_path), 10, learner=exploding,
-                 fail_on_nonfinite=False)
+                 halt_on_nonfinite=False)
   assert int(state.step) == 10 and int(state.nonfinite_step) == 0
   assert [r["nonfinite_steps"] for r in _log(str(tmp_path))] == [5, 5]
   for leaf in jax.tree.leaves(state.meta_params):
@@ -319,34 +346,6 @@ def test_a_resume_with_another_key_or_shape_or_fewer_steps_is_refused(
   # None of these touched the run: it resumes as if never interrupted.
   assert _train(str(tmp_path), 10).step == 10
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
-
-
-def test_a_torn_last_log_line_is_dropped_with_a_warning(tmp_path, caplog):
-  full = _train(str(tmp_path / "full"), 20)
-  part = str(tmp_path / "part")
-  _train(part, 10)
-  with open(os.path.join(part, "metrics.jsonl"), "a") as f:
-    f.write('{"step": 15, "loss": 0.3')  # what a full disk leaves
-  import logging
-  with caplog.at_level(logging.WARNING):
-    resumed = _train(part, 20)
-  assert "torn last line" in caplog.text and "metrics.jsonl" in caplog.text
-  chex.assert_trees_all_equal(resumed.meta_params, full.meta_params)
-  assert [r["step"] for r in _log(part)] == [5, 10, 15, 20]
-
-
-def test_a_corrupt_log_line_inside_the_file_is_named(tmp_path):
-  _train(str(tmp_path), 10)
-  path = os.path.join(tmp_path, "metrics.jsonl")
-  with open(path) as f:
-    lines = f.readlines()
-  with open(path, "w") as f:
-    f.writelines(["garbage\n"] + lines)
-  with pytest.raises(ValueError, match=r"metrics.jsonl, line 1: not a "
-                                       r"metrics record"):
-    _train(str(tmp_path), 20)
-  with open(path) as f:
-    assert f.readlines() == ["garbage\n"] + lines  # left as it was
 
 
 @pytest.mark.parametrize("bad", [2.5, "10", True])

@@ -1,4 +1,4 @@
-"""One run per workdir; files written whole or not at all."""
+"""One run per workdir."""
 
 import json
 import os
@@ -60,13 +60,3 @@ def test_hold_is_reentrant_within_a_process(tmp_path):
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
-
-
-def test_write_json_leaves_the_old_file_when_it_fails(tmp_path):
-  path = str(tmp_path / "results.json")
-  workdir.write_json(path, {"a": 1})
-  with pytest.raises(TypeError):
-    workdir.write_json(path, {"a": object()})
-  with open(path) as f:
-    assert json.load(f) == {"a": 1}
-  assert os.listdir(tmp_path) == ["results.json"]

@@ -6,7 +6,7 @@ r"""Classify your own drawings with a trained few-shot model.
 Builds one 20-way 1-shot episode from official-layout Omniglot PNGs (a zip or
 a folder of `images_*/<Alphabet>/characterNN/*.png`): the first drawing of 20
 characters is the support set, three more drawings of each the query set.
-`metajax.load_predictor` takes the drawings exactly as decoded from the PNGs
+`fewshot_vision.load_predictor` takes the drawings exactly as decoded from the PNGs
 (uint8 105x105, 255 = paper) and applies the training preprocessing itself.
 """
 
@@ -14,8 +14,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
-import metajax
-from metajax.data import omniglot_official
+from metajax.data.vision import omniglot_official
+from metajax.experiments import fewshot_vision
 
 flags.DEFINE_string("workdir", None, "Workdir of a fewshot_vision run.")
 flags.DEFINE_string("images", None, "Official Omniglot zip or folder.")
@@ -33,7 +33,7 @@ def main(argv):
   support_y = np.arange(FLAGS.ways)
   query_y = np.repeat(support_y, 3)
 
-  predict = metajax.load_predictor(FLAGS.workdir)
+  predict = fewshot_vision.load_predictor(FLAGS.workdir)
   logits = predict(support_x, support_y, query_x)       # [3 * ways, ways]
   accuracy = float(np.mean(np.argmax(logits, axis=-1) == query_y))
   names = drawings.names[chars]

@@ -1,13 +1,13 @@
 """Meta-learning algorithms, each a `MetaLearner` of pure functions."""
 
+from metajax.algorithms import wrappers
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import accuracy
 from metajax.algorithms.base import batch_mean_grad
 from metajax.algorithms.base import classification_metrics
 from metajax.algorithms.base import cross_entropy
-from metajax.algorithms.base import map_tasks
+from metajax.algorithms.base import model_params
 from metajax.algorithms.base import mse
-from metajax.algorithms.base import resolve_task_chunk
 from metajax.algorithms.base import supervised_loss
 from metajax.algorithms.joint import joint
 from metajax.algorithms.maml import anil
@@ -19,3 +19,6 @@ from metajax.algorithms.matching import matching
 from metajax.algorithms.protonet import protonet
 from metajax.algorithms.relation import relation
 from metajax.algorithms.reptile import reptile
+from metajax.algorithms.wrappers import map_tasks
+from metajax.algorithms.wrappers import resolve_task_chunk
+from metajax.algorithms.wrappers import starting_from

@@ -1,47 +1,92 @@
 """The algorithm-neutral interface every meta-learner implements.
 
 A `MetaLearner` is a NamedTuple of pure functions, in the way an optax
-`GradientTransformation` is `(init, update)`. The training loop (`training.py`)
-and evaluation (`evaluation.py`) use only these four functions, so MAML, its
-variants, joint pre-training and later metric-based or amortised learners all
-run through the same loop.
+`GradientTransformation` is `(init, update)`; `metajax.types` gives their
+signatures. The training loop (`training.py`) and evaluation use only these
+four functions, so MAML, its variants, joint pre-training and the
+metric-based learners all run through the same loop.
+
+Every learner here keeps its meta-parameters in a dict whose "params" entry
+is the model's parameters (what `init_fn` returns, for Relation Networks
+both networks'), beside entries of its own such as learned rates. Code
+outside `metajax.algorithms` reads them only through `model_params` and
+`wrappers.starting_from`.
 """
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from metajax import tasks as tasks_lib
-
-PyTree = Any
-MetaParams = PyTree
-TaskState = PyTree
-Metrics = Dict[str, jax.Array]
+from metajax import types
 
 
 class MetaLearner(NamedTuple):
   """A meta-learning algorithm as four pure functions.
 
   Attributes:
-    init: `init(key) -> meta_params`, the PyTree the outer optimiser trains.
+    init: `init(key) -> meta_params`, the PyTree the outer optimiser trains
+      (see `model_params`).
     meta_grad: `meta_grad(meta_params, tasks, key) -> (grads, metrics)`: the
       outer (pseudo-)gradient for a *batch* of tasks (leading task axis), with
       the structure of `meta_params`, and a dict of scalar metrics that has at
       least "loss". Reptile-like methods return a pseudo-gradient here.
-    adapt: `adapt(meta_params, support) -> task_state` for *one* task: adapted
-      parameters, prototypes, a latent code, ...
+    adapt: `adapt(meta_params, support, *, steps=None) -> task_state` for
+      *one* task: adapted parameters, or the support set itself for
+      metric-based learners; `steps` overrides the learner's number of
+      gradient steps.
     predict: `predict(meta_params, task_state, inputs) -> outputs` for one task;
       `inputs` are the query inputs (the first element of a `(x, y)` set).
   """
-  init: Callable[[jax.Array], MetaParams]
-  meta_grad: Callable[[MetaParams, tasks_lib.Task, jax.Array],
-                      Tuple[MetaParams, Metrics]]
-  adapt: Callable[[MetaParams, PyTree], TaskState]
-  predict: Callable[[MetaParams, TaskState, PyTree], jax.Array]
+  init: types.InitFn
+  meta_grad: types.MetaGradFn
+  adapt: types.AdaptFn
+  predict: types.PredictFn
 
 
-def supervised_loss(apply_fn: Callable, loss: Callable) -> Callable:
+def model_params(meta_params: types.MetaParams) -> types.Params:
+  """The model's parameters within a learner's meta-parameters.
+
+  What the model's `apply_fn` takes, e.g. to predict without adapting; a
+  gradient learner's `adapt(meta_params, support, steps=0)` returns the same.
+  """
+  return meta_params["params"]
+
+
+def keep_support(name: str) -> types.AdaptFn:
+  """The `adapt` of a learner whose task state is the support set itself.
+
+  Args:
+    name: the learner's name, for the error.
+
+  Returns:
+    `adapt(meta_params, support, *, steps=None) -> support`; any `steps` but
+    None raises a ValueError, as no gradient step is taken to honour it.
+  """
+  def adapt(meta_params, support, *, steps=None):
+    del meta_params
+    if steps is not None:
+      raise ValueError(
+          f"{name} adapts nothing by gradient: its task state is the support "
+          f"set itself, embedded with the queries in predict, so adapt takes "
+          f"steps=None only; got steps={steps!r}.")
+    return support
+  return adapt
+
+
+def check_ways(ways: int) -> None:
+  """Raises a ValueError unless `ways` is a positive Python int.
+
+  The number of classes is the static width of a classifier's outputs.
+  """
+  if isinstance(ways, bool) or not isinstance(ways, int) or ways < 1:
+    raise ValueError(
+        f"ways must be a positive Python int (it is a static shape), got "
+        f"{ways!r}.")
+
+
+def supervised_loss(apply_fn: types.ApplyFn, loss: types.Loss) -> Callable[
+    [types.Params, types.Examples], jax.Array]:
   """`loss_fn(params, (x, y)) = loss(apply_fn(params, x), y)`."""
   def loss_fn(params, batch):
     x, y = batch
@@ -49,56 +94,16 @@ def supervised_loss(apply_fn: Callable, loss: Callable) -> Callable:
   return loss_fn
 
 
-def resolve_task_chunk(chunk: Union[int, str, None]) -> Optional[int]:
-  """The chunk size `map_tasks` uses for `chunk`: "auto" is 1 on the CPU.
-
-  On a CPU, one task's activations fit in the caches while a whole batch's
-  do not: with conv4, a meta-step that maps over tasks one at a time runs
-  1.6-2.2x faster than one vmapped over 32 tasks (benchmarks/meta_step.py).
-  GPUs and TPUs want the whole batch at once, so "auto" is None there.
-  None or 0 keeps the batch vmapped; an int >= 1 is a chunk size.
-  """
-  if chunk == "auto":
-    return 1 if jax.default_backend() == "cpu" else None
-  if chunk is None or chunk == 0:
-    return None
-  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-    raise ValueError(
-        f"task chunk must be 'auto', None or an int >= 0, got {chunk!r}.")
-  return chunk
+def apply_adapted(apply_fn: types.ApplyFn) -> types.PredictFn:
+  """The `predict` of a learner whose task state is the adapted parameters."""
+  def predict(meta_params, adapted_params, inputs):
+    del meta_params
+    return apply_fn(adapted_params, inputs)
+  return predict
 
 
-def map_tasks(learner: MetaLearner, chunk: int) -> MetaLearner:
-  """`learner` with its meta-gradient computed `chunk` tasks at a time.
-
-  The batch `[B, ...]` is cut into B / chunk chunks; `jax.lax.map` runs the
-  learner's own `meta_grad` on one chunk after another, and the chunks'
-  gradients and metrics are averaged. Every `meta_grad` is a mean over its
-  tasks, so this is the batch's meta-gradient, equal to the vmapped one up to
-  float summation order, with the working set of one chunk (see
-  `resolve_task_chunk`). Each chunk's `meta_grad` gets its own key, split
-  from the step's key. `adapt` and `predict` are unchanged.
-  """
-  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-    raise ValueError(f"chunk must be an int >= 1, got {chunk!r}.")
-
-  def meta_grad(meta_params, tasks, key):
-    n = tasks_lib.num_tasks(tasks)
-    if n % chunk:
-      raise ValueError(
-          f"a meta-batch of {n} tasks cannot be cut into chunks of {chunk}; "
-          f"use a chunk size that divides the meta-batch size.")
-    chunks = jax.tree.map(
-        lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), tasks)
-    keys = jax.random.split(key, n // chunk)
-    per_chunk = jax.lax.map(
-        lambda args: learner.meta_grad(meta_params, *args), (chunks, keys))
-    return jax.tree.map(lambda x: jnp.mean(x, axis=0), per_chunk)
-
-  return learner._replace(meta_grad=meta_grad)
-
-
-def batch_mean_grad(task_loss: Callable, has_aux: bool = False) -> Callable:
+def batch_mean_grad(task_loss: Callable,
+                    has_aux: bool = False) -> types.MetaGradFn:
   """Builds `meta_grad` from a per-task loss: grad of its mean over the batch.
 
   The batch is mapped with `jax.vmap`, so one task's computation never sees
@@ -138,6 +143,7 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
 
-def classification_metrics(logits: jax.Array, labels: jax.Array):
+def classification_metrics(logits: jax.Array,
+                           labels: jax.Array) -> types.Metrics:
   """`{"accuracy": ...}`, the training metric of classification learners."""
   return {"accuracy": accuracy(logits, labels)}

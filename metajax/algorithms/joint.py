@@ -7,26 +7,31 @@ support set with plain gradient descent, so the baseline is judged with the
 same adaptation budget as MAML.
 """
 
-from typing import Any, Callable, Union
+from typing import Callable, Union
 
 from metajax import inner
 from metajax import tasks as tasks_lib
+from metajax import types
 from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import apply_adapted
 from metajax.algorithms.base import batch_mean_grad
 from metajax.algorithms.base import supervised_loss
 
 
-def joint(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
-          steps: int = 0, lr: float = 0.01,
-          adapt_mask: Union[None, Callable, Any] = None,
-          pool: Callable = tasks_lib.merge_sets) -> MetaLearner:
+def joint(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
+          loss: types.Loss, *, steps: int = 0, lr: float = 0.01,
+          adapt_mask: Union[None, Callable, types.PyTree] = None,
+          pool: Callable[[tasks_lib.Task], types.Examples] = (
+              tasks_lib.merge_sets)) -> MetaLearner:
   """Joint training with `steps` steps of fine-tuning at `lr` in `adapt`.
 
   Arguments as in `metajax.algorithms.maml` (`adapt_mask`: None, a PyTree of
   bools like the params, or a function of the params giving one; `init`
   checks it against the params); meta-parameters are `{"params": params}`.
-  `pool(task) -> set` makes one training set of a task's support and query:
-  concatenation by default; `metajax.data.students.pool_sets` for sequences.
+  `adapt(meta_params, support, *, steps=None)` fine-tunes for `steps` steps
+  (a Python int; None: the builder's `steps`). `pool(task) -> set` makes one
+  training set of a task's support and query: concatenation by default;
+  `metajax.data.students.sequences.pool_sets` for sequences.
   """
   inner.check_steps(steps)
   inner.check_scalar_lr(lr)
@@ -42,13 +47,14 @@ def joint(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
   def task_loss(meta_params, task):
     return loss_fn(meta_params["params"], pool(task))
 
-  def adapt(meta_params, support):
+  default_steps = steps  # `adapt`'s own option shadows the name.
+
+  def adapt(meta_params, support, *, steps=None):
     params = meta_params["params"]
-    return inner.adapt(loss_fn, params, support, steps=steps, lr=lr,
-                       mask=inner.resolve_mask(adapt_mask, params))
+    return inner.adapt(
+        loss_fn, params, support,
+        steps=default_steps if steps is None else inner.check_steps(steps),
+        lr=lr, mask=inner.resolve_mask(adapt_mask, params))
 
-  def predict(meta_params, adapted_params, x):
-    del meta_params
-    return apply_fn(adapted_params, x)
-
-  return MetaLearner(init, batch_mean_grad(task_loss), adapt, predict)
+  return MetaLearner(init, batch_mean_grad(task_loss), adapt,
+                     apply_adapted(apply_fn))

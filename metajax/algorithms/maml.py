@@ -12,33 +12,37 @@ Meta-parameters are a dict: `{"params": model params}` plus `"lr"` when the
 learning rates are learned.
 """
 
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Callable, Literal, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metajax import inner
+from metajax import types
 from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import apply_adapted
 from metajax.algorithms.base import batch_mean_grad
 from metajax.algorithms.base import supervised_loss
 
 LearnLR = Optional[Literal["per_param", "per_step"]]
-AdaptMask = Union[None, Callable, Any]
+AdaptMask = Union[None, Callable, types.PyTree]
 
 
-def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
-         steps: int = 1, lr: float = 0.01, first_order: bool = False,
-         adapt_mask: AdaptMask = None, learn_lr: LearnLR = None,
+def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
+         loss: types.Loss, *, steps: int = 1, lr: float = 0.01,
+         first_order: bool = False, adapt_mask: AdaptMask = None,
+         learn_lr: LearnLR = None,
          step_weights: Optional[Sequence[float]] = None,
          remat: bool = False,
-         metrics: Optional[Callable] = None) -> MetaLearner:
+         metrics: Optional[types.MetricsFn] = None) -> MetaLearner:
   """Model-agnostic meta-learning.
 
   Args:
     init_fn: `init_fn(key) -> params`, e.g. `lambda k: model.init(k, x)`.
     apply_fn: `apply_fn(params, x) -> predictions`, e.g. `model.apply`.
     loss: `loss(predictions, targets) -> scalar`, used in both loops.
-    steps: inner gradient steps.
+    steps: inner gradient steps, in `meta_grad` and by default in `adapt`.
     lr: inner learning rate, or the initial value of the learned rates; a
       finite real number.
     first_order: drop second-order terms (FOMAML).
@@ -51,7 +55,8 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
       Checked against the params by `init` and at every use.
     learn_lr: None (fixed `lr`), "per_param" (Meta-SGD: one rate per
       parameter element) or "per_step" (MAML++: one rate per parameter array
-      and inner step).
+      and inner step; `adapt` may take fewer steps than `steps`, with the
+      first rates, but not more).
     step_weights: MAML++ multi-step loss weights, one per inner step.
     remat: rematerialise inner steps in the backward pass.
     metrics: optional `metrics(predictions, targets) -> dict of scalars` on
@@ -59,7 +64,9 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
       accuracy).
 
   Returns:
-    A `MetaLearner`; its task state is the adapted parameters.
+    A `MetaLearner`; its task state is the adapted parameters, and
+    `adapt(meta_params, support, *, steps=None)` takes `steps` gradient
+    steps (a Python int; None: the `steps` above).
   """
   inner.check_steps(steps)
   inner.check_scalar_lr(lr)
@@ -99,16 +106,45 @@ def maml(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
     x, y = task.query
     return loss, metrics(jax.lax.stop_gradient(apply_fn(adapted, x)), y)
 
-  def adapt(meta_params, support):
-    return inner.adapt(loss_fn, meta_params["params"], support,
-                       **options(meta_params, steps))
+  default_steps = steps  # `adapt`'s own option shadows the name.
 
-  def predict(meta_params, adapted_params, x):
-    del meta_params
-    return apply_fn(adapted_params, x)
+  def adapt(meta_params, support, *, steps=None):
+    num_steps = default_steps if steps is None else inner.check_steps(steps)
+    if learn_lr == "per_step":
+      # Fewer steps than trained take the first rates. meta_grad takes the
+      # rates whole, so that every learned rate is trained.
+      meta_params = dict(meta_params,
+                         lr=_first_rates(meta_params["lr"], num_steps))
+    return inner.adapt(loss_fn, meta_params["params"], support,
+                       **options(meta_params, num_steps))
 
   return MetaLearner(init, batch_mean_grad(task_loss, has_aux=True), adapt,
-                     predict)
+                     apply_adapted(apply_fn))
+
+
+def _first_rates(rates: types.PyTree, steps: int) -> types.PyTree:
+  """The learned per-step rates of the first `steps` inner steps.
+
+  Args:
+    rates: MAML++'s rates, leaves `[trained_steps, ...]` (one rate per
+      parameter array and step, as `maml` learns them).
+    steps: the inner steps to take, a Python int >= 0.
+
+  Returns:
+    `rates` with leaves `[steps, ...]`.
+
+  Raises:
+    ValueError: `steps` is more than the steps the rates were learned for,
+      which has no rate to take them at.
+  """
+  for leaf in jax.tree.leaves(rates):
+    # A scalar leaf is left for `inner.adapt` to reject with its shape.
+    if np.ndim(leaf) and steps > np.shape(leaf)[0]:
+      raise ValueError(
+          f"cannot adapt with steps={steps}: these meta-parameters have "
+          f"learned rates for {np.shape(leaf)[0]} inner steps only (MAML++ "
+          f"learns one rate per step); use steps <= {np.shape(leaf)[0]}.")
+  return jax.tree.map(lambda l: l[:steps] if np.ndim(l) else l, rates)
 
 
 def fomaml(init_fn, apply_fn, loss, **kwargs) -> MetaLearner:

@@ -27,15 +27,16 @@ As in `protonet`, support and query images are embedded in one batch, so batch
 statistics (`TaskBatchNorm`) are the episode's, in training and at test time.
 """
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
+from metajax import types
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import batch_mean_grad
+from metajax.algorithms.base import check_ways
 from metajax.algorithms.base import classification_metrics
 from metajax.algorithms.base import cross_entropy
+from metajax.algorithms.base import keep_support
 
 
 def _unit_rows(z: jax.Array) -> jax.Array:
@@ -69,8 +70,8 @@ def attention_log_probs(scores: jax.Array, one_hot: jax.Array) -> jax.Array:
   return jnp.where(present, log_probs, -jnp.inf)
 
 
-def matching(init_fn: Callable, embed_fn: Callable, *, ways: int,
-             scale: float = 1.0) -> MetaLearner:
+def matching(init_fn: types.ModelInitFn, embed_fn: types.ApplyFn, *,
+             ways: int, scale: float = 1.0) -> MetaLearner:
   """Matching Networks with cosine attention and no full-context embeddings.
 
   Args:
@@ -85,14 +86,12 @@ def matching(init_fn: Callable, embed_fn: Callable, *, ways: int,
 
   Returns:
     A `MetaLearner`: meta-parameters `{"params": params}`; the task state is
-    the support set itself (it is embedded with the queries); `predict` gives
+    the support set itself (it is embedded with the queries, so `adapt` takes
+    no `steps`); `predict` gives
     log-probabilities `[n_query, ways]`; the loss is the query cross-entropy,
     and `meta_grad` also reports the query "accuracy".
   """
-  if isinstance(ways, bool) or not isinstance(ways, int) or ways < 1:
-    raise ValueError(
-        f"ways must be a positive Python int (it is a static shape), got "
-        f"{ways!r}.")
+  check_ways(ways)
 
   def init(key):
     return {"params": init_fn(key)}
@@ -111,4 +110,4 @@ def matching(init_fn: Callable, embed_fn: Callable, *, ways: int,
     return cross_entropy(log_probs, y), classification_metrics(log_probs, y)
 
   return MetaLearner(init, batch_mean_grad(task_loss, has_aux=True),
-                     lambda meta_params, support: support, predict)
+                     keep_support("matching"), predict)

@@ -12,15 +12,16 @@ per-batch statistics (`TaskBatchNorm`), this normalises every episode by its
 own statistics the same way in training and at test time.
 """
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
+from metajax import types
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import batch_mean_grad
+from metajax.algorithms.base import check_ways
 from metajax.algorithms.base import classification_metrics
 from metajax.algorithms.base import cross_entropy
+from metajax.algorithms.base import keep_support
 
 
 def prototypes(embeddings: jax.Array, labels: jax.Array,
@@ -37,22 +38,23 @@ def squared_distances(a: jax.Array, b: jax.Array) -> jax.Array:
           jnp.sum(b * b, -1)[None, :])
 
 
-def protonet(init_fn: Callable, embed_fn: Callable, *,
+def protonet(init_fn: types.ModelInitFn, embed_fn: types.ApplyFn, *,
              ways: int) -> MetaLearner:
   """Prototypical Networks for `ways`-way episodes.
 
   Args:
     init_fn: `init_fn(key) -> params` of the embedding network.
     embed_fn: `embed_fn(params, x) -> [n, d]` embeddings.
-    ways: classes per episode; labels are ints in [0, ways).
+    ways: classes per episode, a positive Python int; labels are ints in
+      [0, ways).
 
   Returns:
-    A `MetaLearner`. Its task state is the support set itself, because the
-    support is embedded together with the query set in `predict`; `predict`
+    A `MetaLearner` with meta-parameters `{"params": params}`. Its task state
+    is the support set itself, because the support is embedded together with
+    the query set in `predict` (so `adapt` takes no `steps`); `predict`
     returns `[n_query, ways]` logits.
   """
-  if ways < 1:
-    raise ValueError(f"ways must be >= 1, got {ways}.")
+  check_ways(ways)
 
   def logits(meta_params, support, query_x):
     support_x, support_y = support
@@ -70,5 +72,5 @@ def protonet(init_fn: Callable, embed_fn: Callable, *,
   return MetaLearner(
       init=lambda key: {"params": init_fn(key)},
       meta_grad=batch_mean_grad(task_loss, has_aux=True),
-      adapt=lambda meta_params, support: support,
+      adapt=keep_support("protonet"),
       predict=logits)

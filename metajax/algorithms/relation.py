@@ -27,9 +27,12 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 
+from metajax import types
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import batch_mean_grad
+from metajax.algorithms.base import check_ways
 from metajax.algorithms.base import classification_metrics
+from metajax.algorithms.base import keep_support
 from metajax.algorithms.base import mse
 
 Reduce = Literal["sum", "mean"]
@@ -56,8 +59,9 @@ def class_maps(maps: jax.Array, labels: jax.Array, ways: int,
   return combined / counts.reshape((ways,) + (1,) * (maps.ndim - 1))
 
 
-def relation(init_fn: Callable, embed_fn: Callable,
-             relation_init_fn: Callable, relation_fn: Callable, *,
+def relation(init_fn: types.ModelInitFn, embed_fn: types.ApplyFn,
+             relation_init_fn: types.ModelInitFn,
+             relation_fn: Callable[[types.Params, jax.Array], jax.Array], *,
              ways: int, reduce: Reduce = "sum") -> MetaLearner:
   """Relation Networks.
 
@@ -84,27 +88,27 @@ def relation(init_fn: Callable, embed_fn: Callable,
       differs between training and test.
 
   Returns:
-    A `MetaLearner`: meta-parameters `{"embed": ..., "relation": ...}`; the
-    task state is the support set itself (it is embedded with the queries);
+    A `MetaLearner`: meta-parameters `{"params": {"embed": ..., "relation":
+    ...}}`, the two networks' parameters as the model's; the task state is
+    the support set itself (it is embedded with the queries, so `adapt`
+    takes no `steps`);
     `predict` gives scores `[n_query, ways]` in [0, 1]; the loss is the MSE to
     one-hot labels, and `meta_grad` also reports the query "accuracy".
   """
-  if isinstance(ways, bool) or not isinstance(ways, int) or ways < 1:
-    raise ValueError(
-        f"ways must be a positive Python int (it is a static shape), got "
-        f"{ways!r}.")
+  check_ways(ways)
   if reduce not in ("sum", "mean"):
     raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}.")
 
   def init(key):
     embed_key, relation_key = jax.random.split(key)
-    return {"embed": init_fn(embed_key),
-            "relation": relation_init_fn(relation_key)}
+    return {"params": {"embed": init_fn(embed_key),
+                       "relation": relation_init_fn(relation_key)}}
 
   def predict(meta_params, support, x):
     support_x, support_y = support
     n_support, n = support_x.shape[0], x.shape[0]
-    maps = embed_fn(meta_params["embed"],
+    params = meta_params["params"]
+    maps = embed_fn(params["embed"],
                     jnp.concatenate([support_x, x], axis=0))
     per_class = class_maps(maps[:n_support], support_y, ways, reduce)
     grid = (n, ways)
@@ -112,7 +116,7 @@ def relation(init_fn: Callable, embed_fn: Callable,
     queries = jnp.broadcast_to(maps[n_support:, None], grid + maps.shape[1:])
     # [n, ways, H, W, 2C], scored as one batch of n * ways pairs.
     pairs = jnp.concatenate([classes, queries], axis=-1)
-    scores = relation_fn(meta_params["relation"],
+    scores = relation_fn(params["relation"],
                          pairs.reshape((n * ways,) + pairs.shape[2:]))
     present = jnp.any(support_y[:, None] == jnp.arange(ways), axis=0)
     return jnp.where(present, scores.reshape(grid), 0.0)
@@ -124,4 +128,4 @@ def relation(init_fn: Callable, embed_fn: Callable,
     return loss, classification_metrics(scores, y)
 
   return MetaLearner(init, batch_mean_grad(task_loss, has_aux=True),
-                     lambda meta_params, support: support, predict)
+                     keep_support("relation"), predict)

@@ -25,15 +25,17 @@ import jax.numpy as jnp
 
 from metajax import inner
 from metajax import tasks as tasks_lib
+from metajax import types
 from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import apply_adapted
 from metajax.algorithms.base import supervised_loss
 
 
-def reptile(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
-            steps: int = 5, lr: float = 0.01,
-            test_steps: Optional[int] = None,
-            metrics: Optional[Callable] = None,
-            pool: Callable = tasks_lib.merge_sets) -> MetaLearner:
+def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
+            loss: types.Loss, *, steps: int = 5, lr: float = 0.01,
+            metrics: Optional[types.MetricsFn] = None,
+            pool: Callable[[tasks_lib.Task], types.Examples] = (
+                tasks_lib.merge_sets)) -> MetaLearner:
   """Reptile with a gradient-descent inner loop.
 
   Args:
@@ -41,35 +43,40 @@ def reptile(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
     apply_fn: `apply_fn(params, x) -> predictions`, e.g. `model.apply`.
     loss: `loss(predictions, targets) -> scalar`, e.g. a cross-entropy of
       logits and int labels.
-    steps: inner gradient steps per task during meta-training.
+    steps: inner gradient steps per task during meta-training, and by default
+      the fine-tuning steps of `adapt` on a support set (the paper uses more
+      at test time: pass `adapt(..., steps=...)`).
     lr: inner learning rate, in meta-training and in `adapt`.
-    test_steps: fine-tuning steps of `adapt` on a support set; defaults to
-      `steps` (the paper uses more steps at test time than in training).
     metrics: optional `metrics(predictions, targets) -> dict of scalars`
       (e.g. `classification_metrics`), reported by `meta_grad` for the query
       set after `adapt` on the support set, as evaluation scores a task. This
       costs one more inner loop per task, run only when `metrics` is given.
     pool: `pool(task) -> set`, the data of the training inner loop: support
-      and query concatenated by default; `metajax.data.students.pool_sets`
-      for sequences.
+      and query concatenated by default;
+      `metajax.data.students.sequences.pool_sets` for sequences.
 
   Returns:
     A `MetaLearner` whose meta-parameters are `{"params": params}` and whose
-    task state is the fine-tuned parameters. `meta_grad`'s metrics are "loss",
-    the mean loss of the meta-parameters on each task's pooled data,
-    "adapted_loss", the same after the inner loop, and those of `metrics`.
+    task state is the fine-tuned parameters; `adapt(meta_params, support, *,
+    steps=None)` takes `steps` steps (a Python int; None: the builder's
+    `steps`). `meta_grad`'s metrics are "loss", the mean loss of the
+    meta-parameters on each task's pooled data, "adapted_loss", the same
+    after the inner loop, and those of `metrics`.
   """
   inner.check_steps(steps)
   inner.check_scalar_lr(lr)
-  test_steps = steps if test_steps is None else inner.check_steps(test_steps)
   loss_fn = supervised_loss(apply_fn, loss)
 
   def init(key):
     return {"params": init_fn(key)}
 
-  def adapt(meta_params, support):
-    return inner.adapt(loss_fn, meta_params["params"], support,
-                       steps=test_steps, lr=lr)
+  default_steps = steps  # `adapt`'s own option shadows the name.
+
+  def adapt(meta_params, support, *, steps=None):
+    return inner.adapt(
+        loss_fn, meta_params["params"], support,
+        steps=default_steps if steps is None else inner.check_steps(steps),
+        lr=lr)
 
   def meta_grad(meta_params, tasks, key):
     del key
@@ -92,8 +99,4 @@ def reptile(init_fn: Callable, apply_fn: Callable, loss: Callable, *,
                                adapted)
     return {"params": pseudo_grad}, jax.tree.map(jnp.mean, values)
 
-  def predict(meta_params, adapted_params, x):
-    del meta_params
-    return apply_fn(adapted_params, x)
-
-  return MetaLearner(init, meta_grad, adapt, predict)
+  return MetaLearner(init, meta_grad, adapt, apply_adapted(apply_fn))

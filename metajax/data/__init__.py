@@ -1,12 +1,9 @@
-"""Task sources: synthetic tasks, image datasets, the episode sampler.
+"""Task sources: synthetic tasks here, image datasets in `vision`, student
+answer sequences in `students`, checked downloads in `download`.
 
-`tfds_source` imports tensorflow-datasets only when one of its loaders runs.
+Only `sinusoid` is imported with the package, so that `import metajax` stays
+light; import the loaders by their module path, e.g.
+`from metajax.data.vision import omniglot`.
 """
 
-from metajax.data import download
-from metajax.data import episodes
-from metajax.data import mini_imagenet
-from metajax.data import omniglot
-from metajax.data import omniglot_official
 from metajax.data import sinusoid
-from metajax.data import tfds_source

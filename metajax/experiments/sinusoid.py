@@ -8,8 +8,9 @@ gradient steps on the K support points of held-out tasks (the same tasks for
 both), each with a 95% confidence interval.
 
 `train_and_evaluate(config, workdir)` writes into `workdir`:
+
   config.json          the settings; a rerun that changes one that defines
-                       what is trained is refused (`Config.RERUN_MAY_CHANGE`)
+                       what is trained is refused (`harness.check_rerun`)
   results.json         config, versions, wall times, MSE table with intervals
   sinusoid.png         fits on one held-out task (as the paper's Figure 2) and
                        MSE against adaptation steps with intervals
@@ -18,8 +19,7 @@ both), each with a 95% confidence interval.
 
 import dataclasses
 import os
-import time
-from typing import ClassVar, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,54 +27,49 @@ import numpy as np
 import optax
 
 from metajax import algorithms
-from metajax import sharding
-from metajax import workdir as workdir_lib
 from metajax.data import sinusoid
 from metajax.evaluation import evaluate
 from metajax.evaluation import mean_ci
-from metajax.experiments import common
+from metajax.experiments import harness
+from metajax.experiments.harness import field
 from metajax.models import MLP
 from metajax.tasks import Task
-from metajax.training import train
 
 ALGORITHMS = ("maml", "fomaml", "anil", "meta_sgd", "maml_plus_plus")
+# The two learners of a run: (name of the workdir sub-folder, baseline?).
+LEARNERS = (("meta", False), ("joint", True))
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(harness.RunConfig):
   """Hyper-parameters; the defaults are the paper's (70,000 meta-steps)."""
-  algorithm: str = "maml"
-  num_support: int = 10
-  num_query: int = 10
-  inner_steps: int = 1
-  inner_lr: float = 0.01
-  outer_lr: float = 1e-3
-  meta_batch_size: int = 25
-  num_steps: int = 70_000
-  hidden: Tuple[int, ...] = (40, 40)
-  eval_tasks: int = 1000
-  eval_query: int = 100
-  eval_steps: Tuple[int, ...] = (0, 1, 10)
-  seed: int = 0
-  log_every: int = 1000
-  checkpoint_every: int = 10_000
-  progress: bool = True
-  shard_tasks: bool = False
+  algorithm: str = field("maml", "Meta-learner to compare with joint "
+                         "training.", choices=ALGORITHMS)
+  num_support: int = field(10, "K: support points per task.")
+  num_query: int = field(10, "Query points per task during meta-training.")
+  inner_steps: int = field(1, "Inner gradient steps during meta-training.")
+  inner_lr: float = field(0.01, "Inner (and fine-tuning) learning rate.")
+  outer_lr: float = field(1e-3, "Adam learning rate.")
+  meta_batch_size: int = field(25, "Tasks per meta-step.")
+  num_steps: int = field(70_000, "Meta-training steps.",
+                         rerun_may_change=True)
+  hidden: Tuple[int, ...] = field((40, 40), "Hidden layer widths of the MLP.")
+  eval_tasks: int = field(1000, "Held-out test tasks.", rerun_may_change=True)
+  eval_query: int = field(100, "Query points per test task.",
+                          rerun_may_change=True)
+  eval_steps: Tuple[int, ...] = field(
+      (0, 1, 10), "Adaptation steps at which the test MSE is reported.",
+      rerun_may_change=True)
+  log_every: int = harness.log_every_field(1000)
+  checkpoint_every: int = harness.checkpoint_every_field(10_000)
 
-  # Fields that only extend or re-evaluate a run: a rerun may change them.
-  RERUN_MAY_CHANGE: ClassVar[Tuple[str, ...]] = (
-      "num_steps", "eval_tasks", "eval_query", "eval_steps", "log_every",
-      "checkpoint_every", "progress", "shard_tasks")
+  RATES = ("inner_lr", "outer_lr")
+  POSITIVE = harness.RunConfig.POSITIVE + (
+      "num_support", "num_query", "inner_steps", "meta_batch_size",
+      "num_steps", "hidden", "eval_query")
 
   def validate(self):
-    if self.algorithm not in ALGORITHMS:
-      raise ValueError(
-          f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}.")
-    common.check_positive(self, (
-        "num_support", "num_query", "inner_steps", "meta_batch_size",
-        "num_steps", "hidden", "eval_query", "log_every",
-        "checkpoint_every"))
-    common.check_rates(self, ("inner_lr", "outer_lr"))
+    super().validate()
     if self.eval_tasks < 2:
       raise ValueError(f"eval_tasks must be >= 2, got {self.eval_tasks}.")
     if not self.eval_steps or min(self.eval_steps) < 0:
@@ -89,30 +84,15 @@ class Config:
           f"eval_steps={self.eval_steps}.")
 
 
-def _model_fns(config: Config):
+def make_learner(config: Config, baseline: bool = False
+                 ) -> algorithms.MetaLearner:
+  """The configured learner, or the joint baseline (fine-tuning at test)."""
   model = MLP(config.hidden, 1)
-  return (lambda key: model.init(key, jnp.zeros((1, 1), jnp.float32)),
-          model.apply)
-
-
-def make_learner(config: Config, steps: int,
-                 baseline: bool = False) -> algorithms.MetaLearner:
-  """The configured learner (or the joint baseline) adapting for `steps`."""
-  init_fn, apply_fn = _model_fns(config)
-  if baseline:
-    return algorithms.joint(init_fn, apply_fn, algorithms.mse, steps=steps,
-                            lr=config.inner_lr)
-  build = getattr(algorithms, config.algorithm)
-  return build(init_fn, apply_fn, algorithms.mse, steps=steps,
-               lr=config.inner_lr)
-
-
-def _at_steps(config: Config, meta_params, steps: int):
-  """Meta-parameters usable with `steps` adaptation steps."""
-  if config.algorithm == "maml_plus_plus":
-    return dict(meta_params,
-                lr=jax.tree.map(lambda l: l[:steps], meta_params["lr"]))
-  return meta_params
+  init_fn = lambda key: model.init(key, jnp.zeros((1, 1), jnp.float32))
+  build = algorithms.joint if baseline else getattr(algorithms,
+                                                    config.algorithm)
+  return build(init_fn, model.apply, algorithms.mse,
+               steps=config.inner_steps, lr=config.inner_lr)
 
 
 def _fixed_task(key, config: Config):
@@ -168,22 +148,9 @@ def _plot(path: str, fits: Dict[str, Dict[int, np.ndarray]], task: Task,
   plt.close(fig)
 
 
-def train_and_evaluate(config: Config, workdir: str) -> Dict:
-  """Trains both learners (resuming from `workdir`), evaluates, writes files.
-
-  Returns:
-    The dict written to `workdir/results.json`.
-  """
-  config.validate()
-  with workdir_lib.hold(workdir):
-    common.check_rerun(workdir, config, config.RERUN_MAY_CHANGE)
-    common.check_not_past(workdir, config.num_steps)
-    common.save_config(workdir, config)
-    return _train_and_evaluate(config, workdir)
-
-
-def _train_and_evaluate(config: Config, workdir: str) -> Dict:
-  start = time.perf_counter()
+def _run(config: Config, workdir: str, data) -> Dict:
+  """Trains both learners (resuming), evaluates them, draws the figure."""
+  del data
   train_key, eval_key, plot_key = jax.random.split(
       jax.random.PRNGKey(config.seed), 3)
   sampler = sinusoid.sampler(config.meta_batch_size, config.num_support,
@@ -191,57 +158,37 @@ def _train_and_evaluate(config: Config, workdir: str) -> Dict:
   eval_sampler = sinusoid.sampler(min(config.eval_tasks, 500),
                                   config.num_support, config.eval_query)
   plot_task = _fixed_task(plot_key, config)
-  curve_steps = list(range(max(config.eval_steps) + 1))
-  mesh = sharding.task_mesh() if config.shard_tasks else None
 
-  meta_params, train_time, curves, fits = {}, {}, {}, {}
-  for name, baseline in (("meta", False), ("joint", True)):
-    t0 = time.perf_counter()
-    state = train(
-        make_learner(config, config.inner_steps, baseline),
-        optax.adam(config.outer_lr), sampler, key=train_key,
-        num_steps=config.num_steps, workdir=os.path.join(workdir, name),
-        log_every=config.log_every, checkpoint_every=config.checkpoint_every,
-        progress=config.progress,
-        desc=config.algorithm if name == "meta" else "joint", mesh=mesh)
-    train_time[name] = time.perf_counter() - t0
-    meta_params[name] = sharding.local_copy(state.meta_params)
+  curves, fits = {}, {}
+  for name, baseline in LEARNERS:
+    learner = make_learner(config, baseline)
+    meta_params = harness.train_learner(
+        config, learner, optax.adam(config.outer_lr), sampler,
+        key=train_key, num_steps=config.num_steps,
+        workdir=os.path.join(workdir, name),
+        desc="joint" if baseline else config.algorithm).meta_params
     curves[name], fits[name] = [], {}
-    for k in curve_steps:
-      learner = make_learner(config, k, baseline)
-      params_k = (meta_params[name] if baseline else
-                  _at_steps(config, meta_params[name], k))
-      values = evaluate(
-          learner, params_k, eval_sampler, algorithms.mse, key=eval_key,
-          num_tasks=config.eval_tasks)
+    for k in range(max(config.eval_steps) + 1):
+      values = evaluate(learner, meta_params, eval_sampler, algorithms.mse,
+                        key=eval_key, num_tasks=config.eval_tasks,
+                        adapt_steps=k)
       curves[name].append(dict(steps=k, **mean_ci(values)))
       if k in config.eval_steps:
-        adapted = learner.adapt(params_k, plot_task.support)
+        adapted = learner.adapt(meta_params, plot_task.support, steps=k)
         fits[name][k] = np.asarray(
-            learner.predict(params_k, adapted, plot_task.query[0]))
+            learner.predict(meta_params, adapted, plot_task.query[0]))
 
-  table = {
-      config.algorithm: {str(r["steps"]): r for r in curves["meta"]
-                         if r["steps"] in config.eval_steps},
-      "joint": {str(r["steps"]): r for r in curves["joint"]
-                if r["steps"] in config.eval_steps},
-  }
-  results = {
+  _plot(os.path.join(workdir, "sinusoid.png"), fits, plot_task, curves,
+        config)
+  names = {"meta": config.algorithm, "joint": "joint"}
+  return {
       "task": "sinusoid regression, Finn et al. (2017) section 5.1",
-      "config": dataclasses.asdict(config),
-      "environment": common.environment(),
-      "mse": table,
-      "mse_curve": {config.algorithm: curves["meta"],
-                    "joint": curves["joint"]},
+      "mse": {names[n]: {str(r["steps"]): r for r in curves[n]
+                         if r["steps"] in config.eval_steps}
+              for n, _ in LEARNERS},
+      "mse_curve": {names[n]: curves[n] for n, _ in LEARNERS},
       "eval_tasks": config.eval_tasks,
-      "train_time_s": {config.algorithm: train_time["meta"],
-                       "joint": train_time["joint"]},
   }
-  plot_path = os.path.join(workdir, "sinusoid.png")
-  _plot(plot_path, fits, plot_task, curves, config)
-  results["wall_time_s"] = time.perf_counter() - start
-  workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
-  return results
 
 
 def format_table(results: Dict) -> str:
@@ -255,3 +202,18 @@ def format_table(results: Dict) -> str:
         f"{row[s]['mean']:>10.3f} ± {row[s]['ci95']:<5.3f}" for s in steps))
   lines.append(f"wall time {results['wall_time_s']:.0f} s")
   return "\n".join(lines)
+
+
+EXPERIMENT = harness.Experiment(
+    name="sinusoid", config_class=Config, prepare=lambda config: None,
+    run=_run, num_steps=lambda config, data: config.num_steps,
+    format_results=format_table, outputs=("results.json", "sinusoid.png"))
+
+
+def train_and_evaluate(config: Config, workdir: str) -> Dict:
+  """Trains both learners (resuming from `workdir`), evaluates, writes files.
+
+  Returns:
+    The dict written to `workdir/results.json`.
+  """
+  return harness.train_and_evaluate(EXPERIMENT, config, workdir)

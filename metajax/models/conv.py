@@ -2,10 +2,11 @@
 
 Under `jax.vmap` over tasks, a convolution whose kernel differs per task (as it
 does after inner-loop adaptation) becomes a grouped convolution. XLA:CPU's
-gradients of grouped convolutions are very slow (about 68 s per conv4 MAML
-meta-step on a 2-core CPU against about 1.5 s otherwise), so on the CPU the
-convolution is written as explicit patches and one matrix product, which
-batches into a plain batched GEMM. GPUs and TPUs keep the native convolution.
+gradients of grouped convolutions are very slow (an order of magnitude and
+more; the measured numbers are on the benchmarks page and in
+benchmarks/conv_impl.py), so on the CPU the convolution is written as
+explicit patches and one matrix product, which batches into a plain batched
+GEMM. GPUs and TPUs keep the native convolution.
 Both implementations compute the same function (tested).
 """
 
@@ -143,8 +144,7 @@ class Conv4(nn.Module):
       if self.norm == "batch":
         x = TaskBatchNorm()(x)
       # ReLU is monotone, so pooling first gives the same values; ReLU and
-      # its gradient then run on a quarter of the activations (the ProtoNets
-      # step runs about 6% faster on the CPU).
+      # its gradient then run on a quarter of the activations.
       if self.downsample == "max":
         x = max_pool2x2(x)
       x = nn.relu(x)

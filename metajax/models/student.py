@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from metajax import inner
-from metajax.data.students import KTInput
+from metajax.data.students.sequences import KTInput
 
 
 class StudentTerms(nn.Module):

@@ -13,8 +13,6 @@ import pytest
 
 import metajax
 from metajax import algorithms
-from metajax.evaluation import auc, binary_metrics, bootstrap_auc
-from metajax.evaluation import bootstrap_auc_gain
 from metajax.evaluation import accuracy
 from metajax.evaluation import task_metrics
 from metajax.data import sinusoid
@@ -227,8 +225,8 @@ def _documented_params(listing, name):
   while depth:
     depth += {"(": 1, ")": -1}.get(listing[end], 0)
     end += 1
-  params = [p.strip() for p in listing[start:end - 1].split(",")]
-  return [re.match(r"\w+", p).group() for p in params if p and p != "*"]
+  params = [p.strip().lstrip("*") for p in listing[start:end - 1].split(",")]
+  return [re.match(r"\w+", p).group() for p in params if p]
 
 
 def test_api_doc_training_and_evaluation_is_current(capsys):
@@ -239,18 +237,19 @@ def test_api_doc_training_and_evaluation_is_current(capsys):
   assert {"metajax.evaluate", "metajax.evaluation.auc"} <= names, names
   for dotted in sorted(names):
     _resolve(dotted)
-  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-  runnable = []
-  for block in blocks:
-    try:
-      runnable.append(compile(block, "docs/api.md", "exec"))
-    except SyntaxError:
-      # A signature listing (`f(args) -> result`): the evaluation functions'
-      # parameters must be the real ones, in order.
-      for name in re.findall(
-          r"^(metajax\.(?:evaluate|mean_ci|evaluation\.\w+))\(", block, re.M):
-        real = list(inspect.signature(_resolve(name)).parameters)
-        assert _documented_params(block, name) == real, name
+  # The signature listing (`f(args) -> result`): every function's
+  # parameters must be the real ones, in order.
+  listings = re.findall(r"```text\n(.*?)```", section, re.S)
+  checked = set()
+  for block in listings:
+    for name in re.findall(r"^(metajax(?:\.\w+)+)\(", block, re.M):
+      real = list(inspect.signature(_resolve(name)).parameters)
+      assert _documented_params(block, name) == real, name
+      checked.add(name)
+  assert {"metajax.train", "metajax.evaluate",
+          "metajax.restore_params"} <= checked, checked
+  runnable = [compile(block, "docs/api.md", "exec") for block in
+              re.findall(r"```python\n(.*?)```", section, re.S)]
   assert runnable, "no runnable example in the section"
   for code in runnable:
     exec(code, {"__name__": "api_doc"})
@@ -260,77 +259,3 @@ def test_api_doc_training_and_evaluation_is_current(capsys):
 def test_accuracy():
   logits = jnp.array([[2.0, 1.0], [0.0, 3.0], [5.0, -1.0]])
   assert float(accuracy(logits, jnp.array([0, 1, 1]))) == pytest.approx(2 / 3)
-
-
-def _pairwise_auc(scores, labels, weights):
-  # The definition, over all (positive, negative) pairs.
-  pos, neg = labels == 1, labels == 0
-  wins = ((scores[pos][:, None] > scores[neg][None, :]) +
-          0.5 * (scores[pos][:, None] == scores[neg][None, :]))
-  pair_w = weights[pos][:, None] * weights[neg][None, :]
-  return (wins * pair_w).sum() / pair_w.sum()
-
-
-def test_auc_equals_the_pairwise_definition_with_ties_and_weights():
-  rng = np.random.default_rng(0)
-  scores = np.round(rng.normal(size=500), 1)  # many ties
-  labels = (scores + rng.normal(size=500) > 0).astype(int)
-  weights = rng.integers(0, 4, 500).astype(float)
-  np.testing.assert_allclose(auc(scores, labels),
-                             _pairwise_auc(scores, labels, np.ones(500)))
-  np.testing.assert_allclose(auc(scores, labels, weights),
-                             _pairwise_auc(scores, labels, weights))
-  assert auc([0.1, 0.9], [0, 1]) == 1.0
-  assert auc([0.5, 0.5], [0, 1]) == 0.5
-  with pytest.raises(ValueError, match="both positive and negative"):
-    auc([0.1, 0.2], [1, 1])
-  with pytest.raises(ValueError, match="0 or 1"):
-    auc([0.1, 0.2], [0, 2])
-
-
-def test_binary_metrics():
-  m = binary_metrics([0.9, 0.2, 0.6, 0.4], [1, 0, 0, 1])
-  assert m["auc"] == 0.75 and m["accuracy"] == 0.5 and m["n"] == 4
-  np.testing.assert_allclose(m["rmse"], np.sqrt((0.01 + 0.04 + 0.36 + 0.36)
-                                                / 4))
-
-
-def test_bootstrap_auc_resamples_whole_groups():
-  rng = np.random.default_rng(1)
-  groups = np.repeat(np.arange(200), 20)
-  ability = rng.normal(size=200)[groups]
-  scores = ability + rng.normal(size=groups.size)
-  labels = (ability + rng.normal(size=groups.size) > 0).astype(int)
-  out = bootstrap_auc(scores, labels, groups, reps=300)
-  assert out["auc"] == auc(scores, labels)
-  assert out["ci_low"] < out["auc"] < out["ci_high"]
-  assert out["groups"] == 200 and out["n"] == 4000
-  # Answers of one student are correlated, so resampling students gives a
-  # wider interval than treating the 4,000 answers as independent.
-  independent = bootstrap_auc(scores, labels, np.arange(4000),
-                                       reps=300)
-  assert (out["ci_high"] - out["ci_low"]) > 1.2 * (
-      independent["ci_high"] - independent["ci_low"])
-
-
-def test_bootstrap_auc_gain_is_paired_over_students():
-  rng = np.random.default_rng(2)
-  groups = np.repeat(np.arange(200), 20)
-  ability = rng.normal(size=200)[groups]
-  labels = (ability + rng.normal(size=groups.size) > 0).astype(int)
-  noise = rng.normal(size=groups.size)
-  baseline = ability + noise
-  better = ability + noise + 0.3 * (labels - 0.5)  # nudged towards the truth
-  out = bootstrap_auc_gain(better, baseline, labels, groups, reps=300)
-  assert out["gain"] == pytest.approx(auc(better, labels) -
-                                      auc(baseline, labels))
-  assert 0 < out["ci_low"] < out["gain"] < out["ci_high"]
-  assert out["p_not_positive"] == 0.0
-  # Pairing: the gain's interval is much narrower than either AUC's own.
-  alone = bootstrap_auc(better, labels, groups, reps=300)
-  assert (out["ci_high"] - out["ci_low"]) < 0.5 * (alone["ci_high"] -
-                                                   alone["ci_low"])
-  # A method against itself gains exactly nothing in every replicate.
-  same = bootstrap_auc_gain(baseline, baseline, labels, groups, reps=50)
-  assert same == {"gain": 0.0, "ci_low": 0.0, "ci_high": 0.0,
-                  "p_not_positive": 1.0}

@@ -31,14 +31,9 @@ unless told by `layout=`:
 * "csv": the Ravi CSVs in `<root>` (header `filename,label`), with the files
   they name in `<root>/images/`.
 
-Pickles are read with a restricted unpickler. Unpickling a file can run any
-code its author chose, because a pickle names the functions that rebuild its
-objects. This reader resolves only the numpy functions that rebuild arrays,
-dtypes and scalars (plus a latin-1 string encoder that Python 3 protocol-2
-pickles need); any other name raises `pickle.UnpicklingError`, so a pickle
-can yield nothing but built-in containers, strings, numbers and numpy
-arrays. That
-closes the usual route to running code; it does not bound the memory that a
+Pickles are read with the restricted unpickler of `metajax.data.safe_pickle`,
+which yields nothing but built-in containers, strings, numbers and numpy
+arrays, so that a pickle cannot run code; it does not bound the memory that a
 hostile file can make the reader allocate, so prefer files from sources you
 trust.
 
@@ -77,18 +72,18 @@ import concurrent.futures
 import csv
 import hashlib
 import os
-import pickle
 import types
 import warnings
-import zlib
 from typing import (AbstractSet, Callable, Dict, List, Mapping, Optional,
                     Sequence, Tuple)
 
 import numpy as np
 import PIL
-from PIL import Image
 
-from metajax.data import episodes
+from metajax import io as io_lib
+from metajax.data import images as images_lib
+from metajax.data import safe_pickle
+from metajax.data.vision import episodes
 
 SPLITS = ("train", "val", "test")
 LAYOUTS = ("pickle", "folders", "csv")
@@ -106,71 +101,11 @@ CSV_FILES = {s: f"{s}.csv" for s in SPLITS}
 CSV_HEADER = ("filename", "label")
 IMAGES_DIR = "images"
 
-# Everything Pillow raises on a damaged or hostile file.
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error,
-               Image.DecompressionBombError)
 # 8-bit colour or gray, so with one meaning in RGB: the modes Pillow gives
 # JPEG files.
 _RGB_MODES = ("RGB", "L", "CMYK")
 # Bumped whenever decoding changes, so that older cache files go unused.
 _CACHE_VERSION = "1"
-
-
-def _latin1_encode(text: str, encoding: str) -> bytes:
-  # Python 3 pickles bytes as `_codecs.encode(text, "latin1")` under
-  # protocols 0-2; nothing else needs this function, so no other codec is
-  # allowed.
-  if encoding not in ("latin1", "latin-1"):
-    raise pickle.UnpicklingError(
-        f"refusing _codecs.encode with encoding {encoding!r}.")
-  return text.encode("latin1")
-
-
-def _pickle_globals() -> Dict[Tuple[str, str], Callable]:
-  """The names a mini-ImageNet pickle may refer to, and what they resolve to.
-
-  numpy's rebuild functions are taken from numpy's own reductions, so they
-  are right for the installed numpy; a pickle names them under
-  `numpy.core` (numpy 1.x) or `numpy._core` (numpy 2), and both are accepted.
-  """
-  array = np.zeros(1, np.uint8)
-  rebuilders = (("multiarray", array.__reduce__()[0]),
-                ("multiarray", np.uint8(0).__reduce__()[0]),
-                ("numeric", array.__reduce_ex__(5)[0]))  # protocol 5
-  allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-             ("_codecs", "encode"): _latin1_encode}
-  for module, function in rebuilders:
-    for package in ("numpy.core", "numpy._core"):
-      allowed[(f"{package}.{module}", function.__name__)] = function
-  return allowed
-
-
-class _PlainDataUnpickler(pickle.Unpickler):
-  """Unpickles dicts, lists and numpy arrays, and refuses anything else."""
-
-  _allowed = _pickle_globals()
-
-  def find_class(self, module, name):
-    found = self._allowed.get((module, name))
-    if found is None:
-      raise pickle.UnpicklingError(
-          f"refusing to load {module}.{name}: only dicts, lists, strings, "
-          f"numbers and numpy arrays are allowed.")
-    return found
-
-
-def _unpickle(path: str):
-  try:
-    with open(path, "rb") as f:
-      # latin1 turns the byte strings of Python 2 pickles (numpy's array
-      # data among them) back into the same bytes; it changes nothing for
-      # Python 3 pickles.
-      return _PlainDataUnpickler(f, encoding="latin1").load()
-  except MemoryError:
-    raise
-  except Exception as e:  # Malformed pickles fail in many ways.
-    raise ValueError(f"{path}: not a readable mini-ImageNet pickle "
-                     f"({type(e).__name__}: {e})") from e
 
 
 def _text(key, path: str) -> str:
@@ -206,7 +141,7 @@ def read_pickle(path: str,
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"mini-ImageNet pickle not found: {path}")
-  data = _unpickle(path)
+  data = safe_pickle.load(path, "mini-ImageNet pickle")
   if not isinstance(data, dict):
     raise ValueError(f"{path}: expected a dict, got {type(data).__name__}.")
   data = {_text(k, path): v for k, v in data.items()}
@@ -422,26 +357,11 @@ def _map_threads(function: Callable, items: Sequence) -> list:
 
 def _decode(path: str, size: int, resize: bool) -> np.ndarray:
   """One image file as uint8 `[size, size, 3]`; errors name `path`."""
-  try:
-    # Leaving the block closes the file; the loaded pixels stay usable.
-    with Image.open(path) as image:
-      image.load()
-  except FileNotFoundError:
-    raise FileNotFoundError(f"image file not found: {path}") from None
-  except _PIL_ERRORS as e:
-    raise ValueError(f"{path}: not a readable image ({e}).") from None
-  if image.mode not in _RGB_MODES:
-    raise ValueError(
-        f"{path}: image mode {image.mode!r} ({len(image.getbands())} "
-        f"channels); expected RGB, or grayscale (L) or CMYK, which are "
-        f"converted to RGB. Convert the file to RGB yourself if dropping "
-        f"its alpha channel or palette is what you want.")
-  if image.size != (size, size):
-    if not resize:
-      raise ValueError(f"{path}: image is {image.size[0]}x{image.size[1]}, "
-                       f"expected {size}x{size} (resize=False).")
-    image = image.resize((size, size), Image.LANCZOS)
-  return np.asarray(image.convert("RGB"), np.uint8)
+  return images_lib.decode_image(
+      path, mode="RGB", modes=_RGB_MODES, size=size, resize=resize,
+      mode_hint=("Grayscale and CMYK are converted to RGB; convert the file "
+                 "to RGB yourself if dropping its alpha channel or palette "
+                 "is what you want."))
 
 
 def _file_digest(path: str) -> bytes:
@@ -485,7 +405,7 @@ def _decode_split(split: str, classes: Dict[str, List[str]], size: int,
                       for i, paths in enumerate(classes.values())
                       for j, path in enumerate(paths)])
   if cache:
-    episodes.save_npy_atomic(cache, out)
+    io_lib.save_npy_atomic(cache, out)
   return out
 
 

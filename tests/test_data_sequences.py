@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from metajax.data import knowledge_tracing as kt
-from metajax.data import students
+from metajax.data.students import knowledge_tracing as kt
+from metajax.data.students import sequences
 
 
 def _arrays():
@@ -14,12 +14,12 @@ def _arrays():
        np.array([1, 2, 3, 4], np.int32)),
       (np.array([1, 0, 1, 1, 0, 1], np.int8), np.array([0, 1], np.int8),
        np.array([1, 1, 0, 0], np.int8)))
-  return students.pack(seqs)
+  return sequences.pack(seqs)
 
 
 def test_cold_start_sets_split_at_k_and_hide_later_answers():
   arrays = _arrays()
-  tasks = students.cold_start_tasks(arrays, 3)
+  tasks = sequences.cold_start_tasks(arrays, 3)
   (xs, ys), (xq, yq) = jax.device_get(tasks)
   np.testing.assert_array_equal(ys.target[0], [1, 1, 1, 0, 0, 0])
   np.testing.assert_array_equal(yq.target[0], [0, 0, 0, 1, 1, 1])
@@ -37,25 +37,25 @@ def test_cold_start_sets_split_at_k_and_hide_later_answers():
 
 
 def test_support_size_zero_has_an_empty_support():
-  (xs, ys), (_, yq) = students.cold_start_tasks(_arrays(), 0)
+  (xs, ys), (_, yq) = sequences.cold_start_tasks(_arrays(), 0)
   assert not np.asarray(ys.target).any() and not np.asarray(xs.visible).any()
   np.testing.assert_array_equal(np.asarray(yq.target).sum(1), [6, 2, 4])
 
 
 def test_pool_sets_is_next_answer_training_on_every_answer():
   arrays = _arrays()
-  task = jax.tree.map(lambda a: a[0], students.cold_start_tasks(arrays, 2))
-  x, y = students.pool_sets(task)
+  task = jax.tree.map(lambda a: a[0], sequences.cold_start_tasks(arrays, 2))
+  x, y = sequences.pool_sets(task)
   np.testing.assert_array_equal(x.visible, [1] * 6)
   np.testing.assert_array_equal(x.answers, arrays.answers[0])
   np.testing.assert_array_equal(y.target, [1] * 6)
-  short = jax.tree.map(lambda a: a[2], students.cold_start_tasks(arrays, 2))
-  x, y = students.pool_sets(short)
+  short = jax.tree.map(lambda a: a[2], sequences.cold_start_tasks(arrays, 2))
+  x, y = sequences.pool_sets(short)
   np.testing.assert_array_equal(y.target, [1, 1, 1, 1, 0, 0])
 
 
 def test_pack_windows_keep_every_answer():
-  arrays = students.pack(kt.Sequences((np.arange(1, 8, dtype=np.int32),),
+  arrays = sequences.pack(kt.Sequences((np.arange(1, 8, dtype=np.int32),),
                                       (np.ones(7, np.int8),)), window=3)
   np.testing.assert_array_equal(arrays.lengths, [3, 3, 1])
   np.testing.assert_array_equal(arrays.questions,
@@ -65,7 +65,7 @@ def test_pack_windows_keep_every_answer():
 def test_sampler_draws_distinct_students_and_listed_support_sizes():
   seqs = kt.Sequences(tuple(np.full(5, i + 1, np.int32) for i in range(40)),
                       tuple(np.ones(5, np.int8) for _ in range(40)))
-  sampler = students.student_sampler(students.pack(seqs), batch_size=16,
+  sampler = sequences.student_sampler(sequences.pack(seqs), batch_size=16,
                                      support_sizes=[0, 2, 4])
   sizes = []
   for seed in range(5):
@@ -75,16 +75,16 @@ def test_sampler_draws_distinct_students_and_listed_support_sizes():
     sizes += np.asarray(ys.target).sum(1).tolist()
   assert set(sizes) == {0, 2, 4}
   with pytest.raises(ValueError, match="batch_size 41 exceeds the 40"):
-    students.student_sampler(students.pack(seqs), batch_size=41,
+    sequences.student_sampler(sequences.pack(seqs), batch_size=41,
                              support_sizes=[1])
   with pytest.raises(ValueError, match="non-negative"):
-    students.student_sampler(students.pack(seqs), batch_size=4,
+    sequences.student_sampler(sequences.pack(seqs), batch_size=4,
                              support_sizes=[-1])
 
 
 def test_online_task_reads_all_history_and_scores_one_block():
   arrays = _arrays()
-  (xs, ys), (xq, yq) = jax.device_get(students.online_task(
+  (xs, ys), (xq, yq) = jax.device_get(sequences.online_task(
       arrays.questions[0], arrays.answers[0], arrays.lengths[0], 2, 3))
   np.testing.assert_array_equal(ys.target, [1, 1, 0, 0, 0, 0])
   np.testing.assert_array_equal(xs.answers, [1, 0, 0, 0, 0, 0])
@@ -94,6 +94,6 @@ def test_online_task_reads_all_history_and_scores_one_block():
   np.testing.assert_array_equal(xq.answers, arrays.answers[0])
   np.testing.assert_array_equal(yq.target, [0, 0, 1, 1, 1, 0])
   # The last block stops at the student's length.
-  (_, _), (_, yq) = students.online_task(
+  (_, _), (_, yq) = sequences.online_task(
       arrays.questions[2], arrays.answers[2], arrays.lengths[2], 3, 3)
   np.testing.assert_array_equal(yq.target, [0, 0, 0, 1, 0, 0])

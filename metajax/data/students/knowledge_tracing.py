@@ -18,7 +18,10 @@ naming the file and the line. No student and no answer is ever dropped.
 
 A dataset directory holds `<name>_train.csv`, `<name>_test.csv` and the five
 folds `<name>_train<k>.csv` / `<name>_valid<k>.csv` (train_k + valid_k =
-train). Students in the test file never appear in a train file.
+train). Students in the test file never appear in a train file. ASSISTments
+2009 and Statics2011 with the DKVMN splits are downloaded, verified, into
+`<data_dir>/knowledge_tracing/<name>/` by `load(..., download=True)` (see
+`metajax.data.download.download_knowledge_tracing`).
 
 Sequences are kept whole. Models that need a fixed length use `window`, which
 cuts a sequence into consecutive pieces of at most `length` interactions and
@@ -33,7 +36,10 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-# Short names for the datasets of ../shared/data/knowledge_tracing.
+from metajax.data import download as download_lib
+from metajax.data import paths
+
+# Short names for the datasets of the DKVMN release.
 ALIASES = {"assist2009": "assist2009_updated", "statics2011": "STATICS",
            "statics": "STATICS"}
 
@@ -194,6 +200,10 @@ def dataset_dir(data_dir: str, name: str) -> Tuple[str, str]:
 
   Returns:
     (folder, prefix).
+
+  Raises:
+    FileNotFoundError: none of the folders holds the file; the message names
+      them and says how to get the data.
   """
   prefix = ALIASES.get(name, name)
   candidates = [os.path.join(data_dir, "knowledge_tracing", prefix),
@@ -201,23 +211,44 @@ def dataset_dir(data_dir: str, name: str) -> Tuple[str, str]:
   for folder in candidates:
     if os.path.isfile(os.path.join(folder, f"{prefix}_train.csv")):
       return folder, prefix
+  how = (f"load(..., download=True) downloads it into {candidates[0]}, "
+         f"verified, or " if prefix in download_lib.KNOWLEDGE_TRACING_DATASETS
+         else "")
   raise FileNotFoundError(
-      f"no {prefix}_train.csv in any of {candidates}; pass --data_dir, the "
-      f"folder holding the dataset's three-line files.")
+      f"no {prefix}_train.csv in any of {candidates}; {how}set "
+      f"${paths.DATA_ENV} (or pass data_dir) to the folder holding "
+      f"knowledge_tracing/{prefix}/ with the dataset's three-line files.")
 
 
-def load(data_dir: str, name: str, fold: Optional[int] = None,
-         num_questions: Optional[int] = None) -> KTDataset:
+def load(data_dir: Optional[str], name: str, fold: Optional[int] = None,
+         num_questions: Optional[int] = None, *,
+         download: bool = False) -> KTDataset:
   """Loads a dataset's train (or fold), validation and test students.
 
   Args:
-    data_dir: see `dataset_dir`.
+    data_dir: see `dataset_dir`; None for `paths.data_dir()`
+      (`$METAJAX_DATA_DIR` or the per-user data folder).
     name: the file prefix or an alias.
     fold: None for the whole train file and no validation set; 1..5 for
       `<name>_train<fold>.csv` and `<name>_valid<fold>.csv`.
     num_questions: the id range; inferred as the largest id in the train,
       validation and test files when None.
+    download: for the datasets of the DKVMN release ("assist2009_updated",
+      "STATICS" and their aliases), make sure that
+      `<data_dir>/knowledge_tracing/<name>/` holds their split files,
+      verified by SHA-256, downloading the missing ones, and read them from
+      there. Without it nothing is downloaded.
+
+  Raises:
+    FileNotFoundError: the dataset's files are not found (the message names
+      the folders and how to get the data), or `fold`'s are missing.
+    ValueError: `download=True` for a dataset outside the DKVMN release.
+    download.ChecksumError, download.DownloadError: a failed download.
+    KTFormatError: as in `parse`.
   """
+  data_dir = paths.data_dir(data_dir)
+  if download:
+    download_lib.download_knowledge_tracing(ALIASES.get(name, name), data_dir)
   folder, prefix = dataset_dir(data_dir, name)
   path = lambda suffix: os.path.join(folder, f"{prefix}_{suffix}.csv")
   if fold is None:

@@ -11,7 +11,7 @@ import collections
 import functools
 import os
 import warnings
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -42,17 +42,9 @@ class ClassDataset(NamedTuple):
     return tuple(int(d) for d in self.images.shape[2:])
 
 
-def save_npy_atomic(path: str, array: np.ndarray) -> None:
-  """Writes a .npy cache file so that a crash never leaves a partial one."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + f".{os.getpid()}.tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
-
-
 def load_npy_cache(path: str, shape: Sequence[int],
                    dtype=np.uint8) -> Optional[np.ndarray]:
-  """Reads a cache file of `save_npy_atomic`, or None when it must be rebuilt.
+  """Reads a cache of `metajax.io.save_npy_atomic`, or None to rebuild it.
 
   A missing file gives None. A damaged one (unreadable, or of another shape
   or dtype than its name promises) also gives None, with a warning naming

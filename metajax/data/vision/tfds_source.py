@@ -6,8 +6,9 @@ The loaders read a dataset that tfds has already prepared; they never
 download. A copy prepared with `file_format="array_record"` is read by random
 access, without tf.data or even importing TensorFlow; one in tfds' default
 TFRecord format is read through `as_dataset`. Images are decoded here with
-PIL, not by tfds: its NumPy decoder turns Omniglot's 1-bit PNGs into 0/1
-rather than 0/255 when OpenCV is not installed.
+`metajax.data.images` (Pillow), not by tfds: tfds' NumPy decoder turns
+Omniglot's 1-bit PNGs into 0/1 rather than 0/255 when OpenCV is not
+installed.
 
 * `load_omniglot_tfds`: the tfds `omniglot` train/test splits (the official
   background/evaluation sets) as an `omniglot.OmniglotRaw`, equal to the other
@@ -21,13 +22,13 @@ rather than 0/255 when OpenCV is not installed.
 """
 
 import collections
-import io
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from metajax.data import episodes
-from metajax.data import omniglot
+from metajax.data import images as images_lib
+from metajax.data.vision import episodes
+from metajax.data.vision import omniglot
 
 INSTALL_HINT = "pip install 'metajax[tfds]'"
 
@@ -177,13 +178,6 @@ def _read_split(tfds, builder, split: str,
   return out
 
 
-def _decode_png(data: bytes, mode: str) -> np.ndarray:
-  """uint8 `[H, W]` ("L") or `[H, W, 3]` ("RGB"); 1-bit images to 0/255."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(io.BytesIO(data)) as image:
-    return np.asarray(image.convert(mode))
-
-
 def load_omniglot_tfds(
     data_dir: Optional[str] = None,
     sets: Sequence[str] = omniglot.SETS) -> omniglot.OmniglotRaw:
@@ -231,7 +225,9 @@ def load_omniglot_tfds(
   images = np.empty((len(keys), next(iter(sizes)), height, width), np.uint8)
   for i, key in enumerate(keys):
     for j, png in enumerate(sorted(drawings[key])):
-      images[i, j] = _decode_png(png, "L")
+      images[i, j] = images_lib.decode_image(
+          png, mode="L", where=(f"tfds omniglot in {builder.data_dir}: "
+                                f"{'/'.join(key)}, drawing {j}"))
   return omniglot.canonical(omniglot.OmniglotRaw(images, *zip(*keys)))
 
 
@@ -266,7 +262,9 @@ def load_cifar100_tfds(data_dir: Optional[str] = None) -> episodes.ClassDataset:
                     np.uint8)
   for c, pngs in enumerate(per_class):
     for j, png in enumerate(pngs):
-      images[c, j] = _decode_png(png, "RGB")
+      images[c, j] = images_lib.decode_image(
+          png, mode="RGB", where=(f"tfds cifar100 in {builder.data_dir}: "
+                                  f"class {names[c]!r}, image {j}"))
   return episodes.make_dataset(images, names, counts)
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.data import knowledge_tracing as kt
+from metajax.data.students import knowledge_tracing as kt
 from metajax.tasks import Task
 
 

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.data import episodes
+from metajax import io as io_lib
+from metajax.data.vision import episodes
 
 SETS = ("background", "evaluation")
 NPZ_FILES = {s: f"omniglot_{s}_105.npz" for s in SETS}
@@ -231,7 +232,7 @@ def preprocess(raw: OmniglotRaw, size: int = 28,
   out = np.concatenate([np.asarray(resize(raw.images[i:i + 256]))
                         for i in range(0, len(raw.images), 256)])
   if path:
-    episodes.save_npy_atomic(path, out)
+    io_lib.save_npy_atomic(path, out)
   return out
 
 

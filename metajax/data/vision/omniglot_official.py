@@ -13,7 +13,6 @@ reads any mix of these zips and their extracted folders into the same
 canonical `omniglot.OmniglotRaw` as the npz source.
 """
 
-import io
 import os
 import re
 import zipfile
@@ -22,9 +21,9 @@ from typing import (Dict, Iterable, Iterator, List, Optional, Sequence,
                     Tuple, Union)
 
 import numpy as np
-from PIL import Image
 
-from metajax.data import omniglot
+from metajax.data import images as images_lib
+from metajax.data.vision import omniglot
 
 DRAWINGS = 20
 SIZE = 105
@@ -34,9 +33,6 @@ _CHARACTER = re.compile(r"character\d+")
 _DRAWING = re.compile(r"(\d+)_(\d+)\.png")
 _LAYOUT = ("images_background*/<Alphabet>/characterNN/<id>_<drawer>.png (or "
            "images_evaluation*/...)")
-# Everything Pillow raises on a damaged or hostile file.
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error,
-               Image.DecompressionBombError)
 
 PathLike = Union[str, os.PathLike]
 # A source entry: its path parts from the `images_*` folder down, its bytes
@@ -95,27 +91,18 @@ def decode_png(data: bytes, where: str) -> np.ndarray:
 
   The official files are 1-bit PNGs (white paper, black ink); grayscale PNGs
   are accepted when every pixel is 0 or 255, so that a re-encoded copy reads
-  the same. Anything else raises a ValueError naming `where`.
+  the same. Anything else raises a `metajax.data.images.ImageDecodeError`
+  naming `where`.
   """
-  try:
-    image = Image.open(io.BytesIO(data), formats=("PNG",))
-    image.load()
-  except _PIL_ERRORS as e:
-    raise ValueError(f"{where}: not a readable PNG ({e}).") from None
-  if image.size != (SIZE, SIZE):
-    raise ValueError(f"{where}: image is {image.size[0]}x{image.size[1]}, "
-                     f"expected {SIZE}x{SIZE}.")
-  if image.mode not in ("1", "L"):
-    raise ValueError(f"{where}: PNG mode {image.mode!r}, expected 1-bit "
-                     f"('1') or grayscale ('L').")
-  # convert("L") maps 1-bit white to 255 and black to 0.
-  pixels = np.asarray(image.convert("L"), np.uint8)
-  if image.mode == "L":
-    gray = (pixels != 0) & (pixels != 255)
-    if gray.any():
-      raise ValueError(
-          f"{where}: gray levels {np.unique(pixels[gray])[:5].tolist()} "
-          f"besides 0 and 255; Omniglot drawings are black and white.")
+  pixels = images_lib.decode_image(data, mode="L", where=where,
+                                   modes=("1", "L"), size=SIZE,
+                                   formats=("PNG",))
+  # A 1-bit image holds only 0 and 255, so any other level is from "L".
+  gray = (pixels != 0) & (pixels != 255)
+  if gray.any():
+    raise images_lib.ImageDecodeError(
+        f"{where}: gray levels {np.unique(pixels[gray])[:5].tolist()} "
+        f"besides 0 and 255; Omniglot drawings are black and white.")
   return pixels
 
 

@@ -1,4 +1,4 @@
-"""Evaluation: adapt on each task's support set, score its query set.
+"""Episode evaluation: adapt on each task's support set, score its query set.
 
 Every number comes with its uncertainty: `mean_ci` gives the mean over tasks
 and the half-width of a normal-approximation 95% confidence interval,
@@ -6,19 +6,19 @@ and the half-width of a normal-approximation 95% confidence interval,
 """
 
 import operator
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from metajax import tasks as tasks_lib
-from metajax.algorithms.base import MetaLearner
-from metajax.algorithms.base import accuracy  # re-exported for metric_fn
-from metajax.algorithms.base import resolve_task_chunk
-from metajax.training import TaskSampler
+from metajax.algorithms import MetaLearner
+from metajax.algorithms import accuracy  # re-exported for metric_fn
+from metajax.algorithms import resolve_task_chunk
+from metajax.types import PyTree
+from metajax.types import TaskSampler
 
-PyTree = object
 MetricFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -46,17 +46,31 @@ def mean_ci(values) -> Dict[str, float]:
           "std": std, "n": int(values.size)}
 
 
-def _score_one(learner: MetaLearner, metric_fn: MetricFn) -> Callable:
+def _adapt(learner: MetaLearner, meta_params, support,
+           steps: Optional[int]):
+  """`learner.adapt`, with `steps` only when one is asked for.
+
+  Learners that adapt nothing by gradient accept no `steps`, so evaluation
+  passes it only when the caller does.
+  """
+  if steps is None:
+    return learner.adapt(meta_params, support)
+  return learner.adapt(meta_params, support, steps=steps)
+
+
+def _score_one(learner: MetaLearner, metric_fn: MetricFn,
+               adapt_steps: Optional[int]) -> Callable:
   """`fn(meta_params, task) -> metric` of one (unbatched) task."""
   def one(meta_params, task):
-    state = learner.adapt(meta_params, task.support)
+    state = _adapt(learner, meta_params, task.support, adapt_steps)
     x, y = task.query
     return metric_fn(learner.predict(meta_params, state, x), y)
   return one
 
 
 def task_metrics(learner: MetaLearner, metric_fn: MetricFn, *,
-                 task_chunk: Union[int, str, None] = "auto") -> Callable:
+                 task_chunk: Union[int, str, None] = "auto",
+                 adapt_steps: Optional[int] = None) -> Callable:
   """`fn(meta_params, tasks) -> [n_tasks]`: each task's metric after adaptation.
 
   Args:
@@ -70,6 +84,8 @@ def task_metrics(learner: MetaLearner, metric_fn: MetricFn, *,
       batch. The values equal the vmapped ones up to float summation order.
       A chunk that does not divide the batch is allowed: the last chunk is
       filled up with the batch's first tasks, whose scores are dropped.
+    adapt_steps: gradient steps of `learner.adapt` on each support set;
+      None uses the learner's own number.
 
   Returns:
     A traceable `fn(meta_params, tasks)`; `tasks` is a batched `Task` with
@@ -77,7 +93,8 @@ def task_metrics(learner: MetaLearner, metric_fn: MetricFn, *,
     for a scalar metric).
   """
   chunk = resolve_task_chunk(task_chunk)
-  batched = jax.vmap(_score_one(learner, metric_fn), in_axes=(None, 0))
+  batched = jax.vmap(_score_one(learner, metric_fn, adapt_steps),
+                     in_axes=(None, 0))
   if chunk is None:
     return batched
 
@@ -119,7 +136,7 @@ def _check_num_tasks(num_tasks) -> int:
 
 def _check_scoring(learner: MetaLearner, meta_params: PyTree,
                    sample_tasks: Callable, metric_fn: MetricFn,
-                   key: jax.Array) -> int:
+                   key: jax.Array, adapt_steps: Optional[int]) -> int:
   """Checks shapes with `jax.eval_shape`, running nothing; returns batch size.
 
   Raises:
@@ -150,8 +167,9 @@ def _check_scoring(learner: MetaLearner, meta_params: PyTree,
             f"{jax.tree.map(_short, task.query)}")
   try:
     predictions = jax.eval_shape(
-        lambda mp, t: learner.predict(mp, learner.adapt(mp, t.support),
-                                      t.query[0]), meta_params, task)
+        lambda mp, t: learner.predict(
+            mp, _adapt(learner, mp, t.support, adapt_steps), t.query[0]),
+        meta_params, task)
   except Exception as err:  # pylint: disable=broad-except
     # Shape errors surface deep inside the model; say which task shapes
     # (the sampled batch without its leading task axis) they came from.
@@ -182,7 +200,8 @@ def _check_scoring(learner: MetaLearner, meta_params: PyTree,
 def evaluate(learner: MetaLearner, meta_params: PyTree,
              sample_tasks: TaskSampler, metric_fn: MetricFn, *,
              key: jax.Array, num_tasks: int,
-             task_chunk: Union[int, str, None] = "auto") -> np.ndarray:
+             task_chunk: Union[int, str, None] = "auto",
+             adapt_steps: Optional[int] = None) -> np.ndarray:
   """Per-task metric over `num_tasks` freshly sampled tasks.
 
   Shapes are checked with `jax.eval_shape` before anything is compiled or
@@ -204,6 +223,9 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
       can take gigabytes, and the whole batch on GPU and TPU), an int chunk
       size, or None / 0 for the whole batch vmapped. It changes memory and
       speed, not the values (beyond float summation order).
+    adapt_steps: gradient steps of `learner.adapt` on each support set
+      (e.g. more at test time than in training); None uses the learner's
+      own number. Learners that adapt nothing by gradient take only None.
 
   Returns:
     float64 `[num_tasks]` array, one value per task; feed it to `mean_ci`.
@@ -220,8 +242,9 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
   num_tasks = _check_num_tasks(num_tasks)
   sample_tasks = tasks_lib.sampler_tree(sample_tasks)
   batch_size = _check_scoring(learner, meta_params, sample_tasks, metric_fn,
-                              key)
-  scores = task_metrics(learner, metric_fn, task_chunk=task_chunk)
+                              key, adapt_steps)
+  scores = task_metrics(learner, metric_fn, task_chunk=task_chunk,
+                        adapt_steps=adapt_steps)
   score = jax.jit(lambda mp, k, sampler: scores(mp, sampler(k)))
   values = []
   for _ in range(-(-num_tasks // batch_size)):
@@ -229,123 +252,3 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
     values.append(np.asarray(score(meta_params, sub, sample_tasks),
                              np.float64))
   return np.concatenate(values)[:num_tasks]
-
-
-def auc(scores, labels, weights=None) -> float:
-  """Area under the ROC curve (ties count one half), optionally weighted.
-
-  Args:
-    scores: float `[n]`, higher means "more likely 1".
-    labels: `[n]` in {0, 1}.
-    weights: optional non-negative `[n]` (e.g. bootstrap multiplicities).
-
-  Returns:
-    P(score of a random positive > that of a random negative), in [0, 1].
-  """
-  return float(_auc_sorted(*_sort_for_auc(scores, labels),
-                           None if weights is None else np.asarray(weights)))
-
-
-def _sort_for_auc(scores, labels):
-  scores = np.asarray(scores, np.float64).ravel()
-  labels = np.asarray(labels).ravel()
-  if scores.shape != labels.shape:
-    raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ.")
-  if not np.isin(labels, (0, 1)).all():
-    raise ValueError("labels must be 0 or 1.")
-  order = np.argsort(scores, kind="mergesort")
-  scores, labels = scores[order], labels[order].astype(bool)
-  # Groups of tied scores: index of the first element of each element's group.
-  starts = np.r_[True, scores[1:] != scores[:-1]]
-  group = np.cumsum(starts) - 1
-  return order, labels, group
-
-
-def _auc_sorted(order, labels, group, weights):
-  w = np.ones(labels.size) if weights is None else weights[order]
-  neg = np.where(labels, 0.0, w)
-  pos = np.where(labels, w, 0.0)
-  neg_per_group = np.bincount(group, neg)
-  below = np.cumsum(neg_per_group) - neg_per_group  # negatives strictly lower
-  total_pos, total_neg = pos.sum(), neg.sum()
-  if total_pos == 0 or total_neg == 0:
-    raise ValueError("AUC needs both positive and negative labels.")
-  wins = np.sum(pos * (below[group] + 0.5 * neg_per_group[group]))
-  return wins / (total_pos * total_neg)
-
-
-def binary_metrics(probs, labels) -> Dict[str, float]:
-  """AUC, accuracy at 0.5 and RMSE of probabilities `[n]` for 0/1 `[n]`."""
-  probs = np.asarray(probs, np.float64).ravel()
-  labels = np.asarray(labels, np.float64).ravel()
-  return {"auc": auc(probs, labels),
-          "accuracy": float(np.mean((probs >= 0.5) == (labels == 1))),
-          "rmse": float(np.sqrt(np.mean((probs - labels) ** 2))),
-          "n": int(labels.size)}
-
-
-def bootstrap_auc(scores, labels, groups, *, reps: int = 1000, seed: int = 0
-                  ) -> Dict[str, float]:
-  """AUC with a 95% percentile bootstrap interval over groups (students).
-
-  Each replicate draws as many groups as there are, with replacement, and
-  weighs every answer by its group's multiplicity; the answers are sorted
-  once, so a replicate costs O(n).
-
-  Args:
-    scores, labels: `[n]` as in `auc`.
-    groups: int `[n]`, the group (student) of each answer.
-    reps: bootstrap replicates.
-    seed: seed of the resampling.
-
-  Returns:
-    {"auc", "ci_low", "ci_high", "groups", "n"}.
-  """
-  groups = np.asarray(groups).ravel()
-  sorted_ = _sort_for_auc(scores, labels)
-  values = [_auc_sorted(*sorted_, w)
-            for w in _group_weights(groups, reps, seed)]
-  low, high = np.percentile(values, [2.5, 97.5])
-  return {"auc": float(_auc_sorted(*sorted_, None)), "ci_low": float(low),
-          "ci_high": float(high), "groups": int(np.unique(groups).size),
-          "n": int(groups.size)}
-
-
-def bootstrap_auc_gain(scores, baseline_scores, labels, groups, *,
-                       reps: int = 1000, seed: int = 0) -> Dict[str, float]:
-  """AUC(scores) - AUC(baseline_scores) on the same answers, paired bootstrap.
-
-  Both AUCs are computed on each replicate's same resampled groups
-  (students), so the interval is that of the gain itself, much narrower than
-  the two AUCs' own intervals when the methods agree on most students.
-
-  Args:
-    scores, baseline_scores: `[n]` scores of two methods for the same answers.
-    labels, groups: `[n]` as in `bootstrap_auc`.
-    reps, seed: as in `bootstrap_auc`.
-
-  Returns:
-    {"gain", "ci_low", "ci_high", "p_not_positive"}: the gain, its 95%
-    percentile interval, and the fraction of replicates whose gain is <= 0
-    (a one-sided bootstrap p-value for "the method is better").
-  """
-  groups = np.asarray(groups).ravel()
-  ours = _sort_for_auc(scores, labels)
-  theirs = _sort_for_auc(baseline_scores, labels)
-  gains = np.array([_auc_sorted(*ours, w) - _auc_sorted(*theirs, w)
-                    for w in _group_weights(groups, reps, seed)])
-  low, high = np.percentile(gains, [2.5, 97.5])
-  return {"gain": float(_auc_sorted(*ours, None) -
-                        _auc_sorted(*theirs, None)),
-          "ci_low": float(low), "ci_high": float(high),
-          "p_not_positive": float(np.mean(gains <= 0))}
-
-
-def _group_weights(groups, reps: int, seed: int):
-  """Per replicate, float64 `[n]` weights: each answer's group multiplicity."""
-  ids, index = np.unique(groups, return_inverse=True)
-  rng = np.random.default_rng(seed)
-  for _ in range(reps):
-    counts = np.bincount(rng.integers(0, ids.size, ids.size),
-                         minlength=ids.size)
-    yield counts[index].astype(np.float64)

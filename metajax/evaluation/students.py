@@ -1,0 +1,288 @@
+"""Knowledge-tracing evaluation: each student a task, scored by AUC.
+
+Two protocols, both on students never seen in training (see
+docs/students.md):
+
+  usual protocol  every answer predicted from all the student's earlier
+                  answers (`usual_protocol`); an adapting learner re-adapts
+                  on the answers so far every `online_every` answers;
+  cold start      adapt on a student's first k answers and predict all later
+                  ones from those k alone (`cold_start_predictions`), for
+                  each support size k.
+
+Uncertainty is over students: `bootstrap_auc` resamples whole students, and
+`bootstrap_auc_gain` compares two learners on the same resampled students.
+Predictions are made on the device, `batch` students per compiled call.
+"""
+
+from typing import Callable, Dict, Iterator, Mapping, Sequence, Tuple
+
+import jax
+import numpy as np
+import tqdm
+
+from metajax.algorithms import MetaLearner
+from metajax.data.students import sequences
+
+# (probabilities, 0/1 answers, student rows), each float/int `[scored answers]`.
+Predictions = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def auc(scores, labels, weights=None) -> float:
+  """Area under the ROC curve (ties count one half), optionally weighted.
+
+  Args:
+    scores: float `[n]`, higher means "more likely 1".
+    labels: `[n]` in {0, 1}.
+    weights: optional non-negative `[n]` (e.g. bootstrap multiplicities).
+
+  Returns:
+    P(score of a random positive > that of a random negative), in [0, 1].
+  """
+  return float(_auc_sorted(*_sort_for_auc(scores, labels),
+                           None if weights is None else np.asarray(weights)))
+
+
+def _sort_for_auc(scores, labels):
+  scores = np.asarray(scores, np.float64).ravel()
+  labels = np.asarray(labels).ravel()
+  if scores.shape != labels.shape:
+    raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ.")
+  if not np.isin(labels, (0, 1)).all():
+    raise ValueError("labels must be 0 or 1.")
+  order = np.argsort(scores, kind="mergesort")
+  scores, labels = scores[order], labels[order].astype(bool)
+  # Groups of tied scores: index of the first element of each element's group.
+  starts = np.r_[True, scores[1:] != scores[:-1]]
+  group = np.cumsum(starts) - 1
+  return order, labels, group
+
+
+def _auc_sorted(order, labels, group, weights):
+  w = np.ones(labels.size) if weights is None else weights[order]
+  neg = np.where(labels, 0.0, w)
+  pos = np.where(labels, w, 0.0)
+  neg_per_group = np.bincount(group, neg)
+  below = np.cumsum(neg_per_group) - neg_per_group  # negatives strictly lower
+  total_pos, total_neg = pos.sum(), neg.sum()
+  if total_pos == 0 or total_neg == 0:
+    raise ValueError("AUC needs both positive and negative labels.")
+  wins = np.sum(pos * (below[group] + 0.5 * neg_per_group[group]))
+  return wins / (total_pos * total_neg)
+
+
+def binary_metrics(probs, labels) -> Dict[str, float]:
+  """AUC, accuracy at 0.5 and RMSE of probabilities `[n]` for 0/1 `[n]`."""
+  probs = np.asarray(probs, np.float64).ravel()
+  labels = np.asarray(labels, np.float64).ravel()
+  return {"auc": auc(probs, labels),
+          "accuracy": float(np.mean((probs >= 0.5) == (labels == 1))),
+          "rmse": float(np.sqrt(np.mean((probs - labels) ** 2))),
+          "n": int(labels.size)}
+
+
+def bootstrap_auc(scores, labels, groups, *, reps: int = 1000, seed: int = 0
+                  ) -> Dict[str, float]:
+  """AUC with a 95% percentile bootstrap interval over groups (students).
+
+  Each replicate draws as many groups as there are, with replacement, and
+  weighs every answer by its group's multiplicity; the answers are sorted
+  once, so a replicate costs O(n).
+
+  Args:
+    scores, labels: `[n]` as in `auc`.
+    groups: int `[n]`, the group (student) of each answer.
+    reps: bootstrap replicates.
+    seed: seed of the resampling.
+
+  Returns:
+    {"auc", "ci_low", "ci_high", "groups", "n"}.
+  """
+  groups = np.asarray(groups).ravel()
+  sorted_ = _sort_for_auc(scores, labels)
+  values = [_auc_sorted(*sorted_, w)
+            for w in _group_weights(groups, reps, seed)]
+  low, high = np.percentile(values, [2.5, 97.5])
+  return {"auc": float(_auc_sorted(*sorted_, None)), "ci_low": float(low),
+          "ci_high": float(high), "groups": int(np.unique(groups).size),
+          "n": int(groups.size)}
+
+
+def bootstrap_auc_gain(scores, baseline_scores, labels, groups, *,
+                       reps: int = 1000, seed: int = 0) -> Dict[str, float]:
+  """AUC(scores) - AUC(baseline_scores) on the same answers, paired bootstrap.
+
+  Both AUCs are computed on each replicate's same resampled groups
+  (students), so the interval is that of the gain itself, much narrower than
+  the two AUCs' own intervals when the methods agree on most students.
+
+  Args:
+    scores, baseline_scores: `[n]` scores of two methods for the same answers.
+    labels, groups: `[n]` as in `bootstrap_auc`.
+    reps, seed: as in `bootstrap_auc`.
+
+  Returns:
+    {"gain", "ci_low", "ci_high", "p_not_positive"}: the gain, its 95%
+    percentile interval, and the fraction of replicates whose gain is <= 0
+    (a one-sided bootstrap p-value for "the method is better").
+  """
+  groups = np.asarray(groups).ravel()
+  ours = _sort_for_auc(scores, labels)
+  theirs = _sort_for_auc(baseline_scores, labels)
+  gains = np.array([_auc_sorted(*ours, w) - _auc_sorted(*theirs, w)
+                    for w in _group_weights(groups, reps, seed)])
+  low, high = np.percentile(gains, [2.5, 97.5])
+  return {"gain": float(_auc_sorted(*ours, None) -
+                        _auc_sorted(*theirs, None)),
+          "ci_low": float(low), "ci_high": float(high),
+          "p_not_positive": float(np.mean(gains <= 0))}
+
+
+def _group_weights(groups, reps: int, seed: int) -> Iterator[np.ndarray]:
+  """Per replicate, float64 `[n]` weights: each answer's group multiplicity."""
+  ids, index = np.unique(groups, return_inverse=True)
+  rng = np.random.default_rng(seed)
+  for _ in range(reps):
+    counts = np.bincount(rng.integers(0, ids.size, ids.size),
+                         minlength=ids.size)
+    yield counts[index].astype(np.float64)
+
+
+def scorer(learner: MetaLearner, make_task: Callable, adapt: bool) -> Callable:
+  """A compiled `run(meta_params, data, rows, starts) -> (probs, KTTarget)`.
+
+  Task i is `make_task(questions[rows[i]], answers[rows[i]],
+  lengths[rows[i]], starts[i])`, built on the device from `data =
+  (questions, answers, lengths)`; with `adapt`, the learner adapts on its
+  support set before predicting its query, otherwise it predicts with its
+  meta-parameters as they are (`adapt(..., steps=0)`). Outputs are
+  `[len(rows), L]`.
+  """
+  def one(mp, q, a, length, s):
+    task = make_task(q, a, length, s)
+    state = (learner.adapt(mp, task.support) if adapt else
+             learner.adapt(mp, task.support, steps=0))
+    x, y = task.query
+    return jax.nn.sigmoid(learner.predict(mp, state, x)), y
+
+  @jax.jit
+  def run(mp, data, rows, starts):
+    q, a, lengths = data
+    return jax.vmap(one, in_axes=(None, 0, 0, 0, 0))(
+        mp, q[rows], a[rows], lengths[rows], starts)
+  return run
+
+
+def scored_predictions(run: Callable, meta_params, arrays, rows, starts,
+                       batch: int, desc: str = "",
+                       progress: bool = False) -> Predictions:
+  """`run`'s predictions at the scored query positions, `batch` tasks a call.
+
+  Only one batch of `[batch, L]` sequences exists at a time; the last batch
+  is padded so every call has the same shape (one compilation).
+
+  Returns:
+    (probabilities, answers, student rows), each `[scored answers]`.
+  """
+  data = tuple(jax.device_put(v) for v in arrays)
+  probs, answers, who = [], [], []
+  for i in tqdm.tqdm(range(0, len(rows), batch), desc=desc, unit="batch",
+                     leave=False, disable=not progress):
+    r = np.asarray(rows[i:i + batch])
+    s = np.asarray(starts[i:i + batch])
+    pad = batch - len(r)
+    p, y = run(meta_params, data, np.pad(r, (0, pad)), np.pad(s, (0, pad)))
+    target = np.asarray(y.target)[:len(r)]
+    probs.append(np.asarray(p)[:len(r)][target])
+    answers.append(np.asarray(y.answers)[:len(r)][target])
+    who.append(np.broadcast_to(r[:, None], target.shape)[target])
+  return np.concatenate(probs), np.concatenate(answers), np.concatenate(who)
+
+
+def usual_protocol(learner: MetaLearner, meta_params,
+                   arrays: sequences.StudentArrays, *, adapt: bool,
+                   online_every: int = 1, batch: int = 256, desc: str = "",
+                   progress: bool = False) -> Dict[str, float]:
+  """AUC/accuracy/RMSE over all answers, each from all earlier ones.
+
+  Args:
+    learner, meta_params: the trained learner.
+    arrays: the students, whole sequences (`sequences.pack`).
+    adapt: re-adapt on the answers so far every `online_every` answers;
+      otherwise read each whole history with no adaptation.
+    online_every: answers between re-adaptations.
+    batch: tasks per compiled call.
+    desc, progress: progress bar label and switch.
+
+  Returns:
+    `binary_metrics` of every scored answer.
+  """
+  length = int(arrays.questions.shape[1])
+  every = online_every if adapt else length
+  rows = [(r, s) for r, n in enumerate(arrays.lengths)
+          for s in range(0, int(n), every)]
+  rows, starts = np.array(rows, np.int32).T
+  run = scorer(learner,
+               lambda q, a, n, s: sequences.online_task(q, a, n, s, every),
+               adapt)
+  p, y, _ = scored_predictions(run, meta_params, arrays, rows, starts, batch,
+                               desc, progress)
+  return binary_metrics(p, y)
+
+
+def cold_start_predictions(learner: MetaLearner, meta_params,
+                           arrays: sequences.StudentArrays, *,
+                           support_sizes: Sequence[int], adapt: bool,
+                           batch: int = 256, desc: str = "",
+                           progress: bool = False
+                           ) -> Dict[int, Predictions]:
+  """{k: predictions of every answer after the first k, from those k alone}."""
+  run = scorer(learner, sequences.cold_start_task, adapt)
+  rows = np.arange(arrays.num_students, dtype=np.int32)
+  return {k: scored_predictions(run, meta_params, arrays, rows,
+                                np.full_like(rows, k), batch,
+                                f"{desc} k={k}", progress)
+          for k in support_sizes}
+
+
+def mean_cold_start_auc(learner: MetaLearner, meta_params,
+                        arrays: sequences.StudentArrays, *,
+                        support_sizes: Sequence[int], batch: int = 256,
+                        desc: str = "", progress: bool = False) -> float:
+  """Cold-start AUC after adapting, averaged over the support sizes k > 0.
+
+  The model-selection score of a meta-learner, which is trained for exactly
+  this; with no k > 0, the AUC at k = 0.
+  """
+  sizes = tuple(k for k in support_sizes if k > 0) or (0,)
+  predictions = cold_start_predictions(
+      learner, meta_params, arrays, support_sizes=sizes, adapt=True,
+      batch=batch, desc=desc, progress=progress)
+  return float(np.mean([binary_metrics(p, y)["auc"]
+                        for p, y, _ in predictions.values()]))
+
+
+def cold_start_table(predictions: Mapping[int, Predictions], *,
+                     reps: int = 1000, seed: int = 0
+                     ) -> Dict[int, Dict[str, float]]:
+  """Per support size k: AUC with a bootstrap interval over students."""
+  return {k: bootstrap_auc(p, y, who, reps=reps, seed=seed)
+          for k, (p, y, who) in predictions.items()}
+
+
+def cold_start_gains(predictions: Mapping[int, Predictions],
+                     baseline: Mapping[int, Predictions], *,
+                     reps: int = 1000, seed: int = 0
+                     ) -> Dict[int, Dict[str, float]]:
+  """Per k: the AUC gain over `baseline`'s predictions, paired bootstrap.
+
+  Raises:
+    ValueError: the two learners' predictions are not of the same answers.
+  """
+  gains = {}
+  for k, (p, y, who) in predictions.items():
+    base_p, base_y, base_who = baseline[k]
+    if not (np.array_equal(y, base_y) and np.array_equal(who, base_who)):
+      raise ValueError(f"k={k}: the two methods scored different answers.")
+    gains[k] = bootstrap_auc_gain(p, base_p, y, who, reps=reps, seed=seed)
+  return gains

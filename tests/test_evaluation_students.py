@@ -1,0 +1,81 @@
+"""Knowledge-tracing evaluation: AUC and bootstrap intervals over students."""
+
+import numpy as np
+import pytest
+
+from metajax.evaluation.students import auc, binary_metrics, bootstrap_auc
+from metajax.evaluation.students import bootstrap_auc_gain
+
+
+def _pairwise_auc(scores, labels, weights):
+  # The definition, over all (positive, negative) pairs.
+  pos, neg = labels == 1, labels == 0
+  wins = ((scores[pos][:, None] > scores[neg][None, :]) +
+          0.5 * (scores[pos][:, None] == scores[neg][None, :]))
+  pair_w = weights[pos][:, None] * weights[neg][None, :]
+  return (wins * pair_w).sum() / pair_w.sum()
+
+
+def test_auc_equals_the_pairwise_definition_with_ties_and_weights():
+  rng = np.random.default_rng(0)
+  scores = np.round(rng.normal(size=500), 1)  # many ties
+  labels = (scores + rng.normal(size=500) > 0).astype(int)
+  weights = rng.integers(0, 4, 500).astype(float)
+  np.testing.assert_allclose(auc(scores, labels),
+                             _pairwise_auc(scores, labels, np.ones(500)))
+  np.testing.assert_allclose(auc(scores, labels, weights),
+                             _pairwise_auc(scores, labels, weights))
+  assert auc([0.1, 0.9], [0, 1]) == 1.0
+  assert auc([0.5, 0.5], [0, 1]) == 0.5
+  with pytest.raises(ValueError, match="both positive and negative"):
+    auc([0.1, 0.2], [1, 1])
+  with pytest.raises(ValueError, match="0 or 1"):
+    auc([0.1, 0.2], [0, 2])
+
+
+def test_binary_metrics():
+  m = binary_metrics([0.9, 0.2, 0.6, 0.4], [1, 0, 0, 1])
+  assert m["auc"] == 0.75 and m["accuracy"] == 0.5 and m["n"] == 4
+  np.testing.assert_allclose(m["rmse"], np.sqrt((0.01 + 0.04 + 0.36 + 0.36)
+                                                / 4))
+
+
+def test_bootstrap_auc_resamples_whole_groups():
+  rng = np.random.default_rng(1)
+  groups = np.repeat(np.arange(200), 20)
+  ability = rng.normal(size=200)[groups]
+  scores = ability + rng.normal(size=groups.size)
+  labels = (ability + rng.normal(size=groups.size) > 0).astype(int)
+  out = bootstrap_auc(scores, labels, groups, reps=300)
+  assert out["auc"] == auc(scores, labels)
+  assert out["ci_low"] < out["auc"] < out["ci_high"]
+  assert out["groups"] == 200 and out["n"] == 4000
+  # Answers of one student are correlated, so resampling students gives a
+  # wider interval than treating the 4,000 answers as independent.
+  independent = bootstrap_auc(scores, labels, np.arange(4000),
+                                       reps=300)
+  assert (out["ci_high"] - out["ci_low"]) > 1.2 * (
+      independent["ci_high"] - independent["ci_low"])
+
+
+def test_bootstrap_auc_gain_is_paired_over_students():
+  rng = np.random.default_rng(2)
+  groups = np.repeat(np.arange(200), 20)
+  ability = rng.normal(size=200)[groups]
+  labels = (ability + rng.normal(size=groups.size) > 0).astype(int)
+  noise = rng.normal(size=groups.size)
+  baseline = ability + noise
+  better = ability + noise + 0.3 * (labels - 0.5)  # nudged towards the truth
+  out = bootstrap_auc_gain(better, baseline, labels, groups, reps=300)
+  assert out["gain"] == pytest.approx(auc(better, labels) -
+                                      auc(baseline, labels))
+  assert 0 < out["ci_low"] < out["gain"] < out["ci_high"]
+  assert out["p_not_positive"] == 0.0
+  # Pairing: the gain's interval is much narrower than either AUC's own.
+  alone = bootstrap_auc(better, labels, groups, reps=300)
+  assert (out["ci_high"] - out["ci_low"]) < 0.5 * (alone["ci_high"] -
+                                                   alone["ci_low"])
+  # A method against itself gains exactly nothing in every replicate.
+  same = bootstrap_auc_gain(baseline, baseline, labels, groups, reps=50)
+  assert same == {"gain": 0.0, "ci_low": 0.0, "ci_high": 0.0,
+                  "p_not_positive": 1.0}
