@@ -386,7 +386,7 @@ class Trials:
           f.write(bytes([byte[0] ^ 0x10]))
       cmd = [sys.executable, os.path.join(ROOT, "experiments",
                                           "fewshot_vision.py"),
-             f"--data_dir={base}", "--cache_dir=", f"--workdir={workdir}",
+             f"--data_dir={base}", "--cache_dir=off", f"--workdir={workdir}",
              f"--compilation_cache={self.cache}", "--progress=false"]
       expect = "omniglot_background_105.npz"
     proc = run(cmd)
