@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax import sharding as sharding_lib
-from metajax import workdir as workdir_lib
+from metajax import io as io_lib
 from metajax.types import PyTree
 
 Items = Mapping[str, PyTree]
@@ -336,7 +336,7 @@ class Checkpoints:
                   "items": {name: leaf_specs(tree)
                             for name, tree in items.items()},
                   "metadata": metadata or {}, "time": time.time()}
-      workdir_lib.write_atomic(os.path.join(tmp, MANIFEST),
+      io_lib.write_atomic(os.path.join(tmp, MANIFEST),
                                json.dumps(manifest, indent=1))
     _sync(f"metajax-checkpoint-manifest-{tmp}")
     restored, _ = self._read(tmp, items)
@@ -454,7 +454,7 @@ class Checkpoints:
     os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, f"{step}-{time.time_ns()}")
     os.replace(self.path(step), target)
-    workdir_lib.write_atomic(os.path.join(target, "REASON.txt"),
+    io_lib.write_atomic(os.path.join(target, "REASON.txt"),
                              reason + "\n")
     return target
 
@@ -598,7 +598,7 @@ class _BestParams:
     if step not in self.checkpoints.steps():
       self.checkpoints.save(step, {"meta_params": meta_params}, rotate=False)
     if jax.process_index() == 0:
-      workdir_lib.write_json(self.info_path, {
+      io_lib.write_json(self.info_path, {
           "step": step, "metric": self.metric, "score": score})
     for old in self.checkpoints.steps():
       if old != step:

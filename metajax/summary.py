@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Protocol
 
 import tqdm
 
-from metajax import workdir as workdir_lib
+from metajax import io as io_lib
 
 Record = Mapping[str, Any]
 
@@ -99,7 +99,7 @@ class JsonlWriter:
     self.train_s = 0.0
     if os.path.exists(path):
       kept = [r for r in read_metrics(path) if r["step"] <= resume_step]
-      workdir_lib.write_atomic(path, "".join(json.dumps(r) + "\n"
+      io_lib.write_atomic(path, "".join(json.dumps(r) + "\n"
                                              for r in kept))
       if kept:
         self.train_s = kept[-1].get("train_s", 0.0)

@@ -1,4 +1,4 @@
-"""One run per workdir, and files that are whole or absent.
+"""One run per workdir.
 
 Two runs writing into one workdir would corrupt each other's checkpoints and
 interleave their logs. `hold(workdir)` takes an exclusive `flock` on
@@ -7,10 +7,9 @@ host into the file, so a second run is refused at once with a message naming
 both. The kernel releases a `flock` when its process dies, however it dies, so
 a lock left behind by a killed run is simply taken over: there is no stale
 lock to clean up.
-
-`write_atomic` and `write_json` (from `metajax.io`, re-exported here for the
-code that writes workdir files) leave the previous version of a file, never
-half of a new one, when a run crashes or the disk fills up.
+Files in a workdir are written with `metajax.io.write_atomic` and
+`write_json`, which leave the previous version of a file, never half of a
+new one, when a run crashes or the disk fills up.
 """
 
 import contextlib
@@ -20,9 +19,6 @@ import os
 import socket
 import threading
 from typing import Dict, Iterator
-
-from metajax.io import write_atomic  # pylint: disable=unused-import
-from metajax.io import write_json  # pylint: disable=unused-import
 
 LOCK_NAME = ".lock"
 

@@ -4,7 +4,6 @@ import os
 import shutil
 import zipfile
 
-import jax
 import numpy as np
 import pytest
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from metajax import io
-from metajax import workdir
 
 
 def test_write_json_leaves_the_old_file_when_it_fails(tmp_path):
@@ -69,8 +68,3 @@ def test_save_npy_atomic_creates_the_folder(tmp_path):
   io.save_npy_atomic(path, array)
   np.testing.assert_array_equal(np.load(path), array)
   assert os.listdir(tmp_path / "cache") == ["a.npy"]
-
-
-def test_workdir_reexports_the_writers():
-  assert workdir.write_atomic is io.write_atomic
-  assert workdir.write_json is io.write_json

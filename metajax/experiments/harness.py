@@ -44,6 +44,7 @@ import optax
 import metajax
 from metajax import sharding
 from metajax import summary
+from metajax import io as io_lib
 from metajax import workdir as workdir_lib
 from metajax.algorithms import MetaLearner
 from metajax.data import paths
@@ -169,7 +170,7 @@ def train_and_evaluate(experiment: Experiment, config, workdir: str
     start = time.perf_counter()
     data = experiment.prepare(config)
     check_not_past(workdir, experiment.num_steps(config, data))
-    workdir_lib.write_json(os.path.join(workdir, "config.json"),
+    io_lib.write_json(os.path.join(workdir, "config.json"),
                            dataclasses.asdict(config))
     results = {"experiment": experiment.name}
     results.update(experiment.run(config, workdir, data))
@@ -177,7 +178,7 @@ def train_and_evaluate(experiment: Experiment, config, workdir: str
                    wall_time_s=time.perf_counter() - start,
                    config=dataclasses.asdict(config),
                    environment=environment())
-    workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
+    io_lib.write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 
