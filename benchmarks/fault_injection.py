@@ -88,13 +88,20 @@ def results(workdir):
 
 
 def digest(workdir):
-  """SHA-256 of every checkpoint file and results.json in `workdir`."""
+  """SHA-256 of every checkpoint file and results.json in `workdir`.
+
+  A `tmp-*` folder is a save that a kill interrupted: never a checkpoint,
+  never restored, and removed by the next run that opens the folder, so it
+  is not counted.
+  """
   h = {}
   for path in sorted(glob.glob(os.path.join(workdir, "**"), recursive=True)):
-    if os.path.isfile(path) and ("checkpoints" in path or
-                                 path.endswith("results.json")):
+    rel = os.path.relpath(path, workdir)
+    if os.path.isfile(path) and (
+        ("checkpoints" in path and f"{os.sep}tmp-" not in rel) or
+        path.endswith("results.json")):
       with open(path, "rb") as f:
-        h[os.path.relpath(path, workdir)] = hashlib.sha256(
+        h[rel] = hashlib.sha256(
             f.read()).hexdigest()
   return h
 
@@ -225,10 +232,13 @@ class Trials:
       proc = run(sinusoid(workdir, self.cache))
       named = all(os.path.join(ckpt_dir, str(s)) in proc.stderr
                   for s in victims)
-      kept = digest(workdir) == snapshot
-      self.record("corrupt-all", proc.returncode != 0 and named and kept,
+      after = digest(workdir)
+      changed = sorted(p for p in set(snapshot) | set(after)
+                       if snapshot.get(p) != after.get(p))
+      self.record("corrupt-all", proc.returncode != 0 and named and not changed,
                   f"refused naming all {len(victims)} checkpoints: {named}; "
-                  f"left in place: {kept}")
+                  f"left in place: {not changed}"
+                  + (f" (changed: {changed})" if changed else ""))
       return
     # The corrupted one is the newest: resuming from the one before is right.
     before[folder] = steps[-2]

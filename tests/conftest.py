@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import metajax
+import synthetic
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,8 +20,7 @@ def shared_data_dir():
   Tests on real files skip on a user's machine that has no copy, but fail in
   CI (CI=true), where the data must be present.
   """
-  path = os.environ.get("METAJAX_DATA_DIR",
-                        os.path.join(ROOT, "..", "shared", "data"))
+  path = synthetic.real_data_dir()
   if not os.path.isdir(path):
     message = (f"real data not found at {path}; set METAJAX_DATA_DIR to the "
                f"folder holding omniglot/ and knowledge_tracing/.")

@@ -11,6 +11,23 @@ import numpy as np
 
 from metajax.data.vision import omniglot
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def real_data_dir() -> str:
+  """Where the tests look for the real data: $METAJAX_DATA_DIR or
+  ../shared/data (this repository's development setup)."""
+  return os.environ.get("METAJAX_DATA_DIR",
+                        os.path.join(ROOT, "..", "shared", "data"))
+
+
+# The end-to-end experiment tests run on the real data where it is (and in
+# CI, where it must be) and on these synthetic files elsewhere: one of the
+# two, because each run costs tens of seconds and both go through the same
+# loaders and experiment code.
+VARIANT = ("real" if os.path.isdir(real_data_dir()) or os.environ.get("CI")
+           else "synthetic")
+
 
 def write_omniglot(root: str, background: int = 12, evaluation: int = 6,
                    seed: int = 0) -> str:
