@@ -1,5 +1,6 @@
 """Meta-learning algorithms, each a `MetaLearner` of pure functions."""
 
+from metajax.algorithms import neural_process
 from metajax.algorithms import wrappers
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import accuracy
@@ -16,6 +17,9 @@ from metajax.algorithms.maml import maml
 from metajax.algorithms.maml import maml_plus_plus
 from metajax.algorithms.maml import meta_sgd
 from metajax.algorithms.matching import matching
+from metajax.algorithms.neural_process import attentive_np
+from metajax.algorithms.neural_process import conditional_np
+from metajax.algorithms.neural_process import latent_np
 from metajax.algorithms.protonet import protonet
 from metajax.algorithms.relation import relation
 from metajax.algorithms.reptile import reptile

@@ -1,5 +1,8 @@
-"""Pure-function models: flax.linen modules used through `Module.apply`."""
+"""Pure-function models: flax.linen modules used through `Module.apply`, and
+`attention`, plain init/apply functions over dicts of arrays (the neural
+processes' multi-head attention)."""
 
+from metajax.models import attention
 from metajax.models.conv import Conv
 from metajax.models.conv import Conv4
 from metajax.models.conv import conv2d
