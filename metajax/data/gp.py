@@ -18,12 +18,12 @@ with x and y `[50, 1]` and masks `[50]`. The support set is slots
 `query_includes_context=True` (how Neural Processes are usually trained).
 Because n_t < 50 - n_c, slot 49 is never used, as in the reference protocol.
 
-Kernels, with d = x - x', r = |d| / l, lengthscale l ~ U[0.1, 0.6], scale
-s ~ U[0.1, 1] and period p ~ U[0.1, 0.5]:
+Kernels, with d = x - x', r = abs(d) / l, lengthscale l ~ U[0.1, 0.6],
+scale s ~ U[0.1, 1] and period p ~ U[0.1, 0.5]:
 
-* "rbf": s^2 exp(-d^2 / (2 l^2))
-* "matern52": s^2 (1 + sqrt(5) r + 5 r^2 / 3) exp(-sqrt(5) r)
-* "periodic": s^2 exp(-2 sin^2(pi |d| / p) / l^2)
+* "rbf": `s^2 exp(-d^2 / (2 l^2))`
+* "matern52": `s^2 (1 + sqrt(5) r + 5 r^2 / 3) exp(-sqrt(5) r)`
+* "periodic": `s^2 exp(-2 sin^2(pi abs(d) / p) / l^2)`
 
 `sample_tasks` also returns each task's `KernelParams`, which the exact GP
 posterior predictive (`gp_log_likelihood`, `gp_mean_log_likelihood`,
