@@ -9,10 +9,11 @@ import pytest
 
 from metajax.experiments import fewshot_vision
 from metajax.experiments import harness
+from metajax.experiments import regression
 from metajax.experiments import sinusoid
 from metajax.experiments import student_performance
 
-EXPERIMENTS = (sinusoid, fewshot_vision, student_performance)
+EXPERIMENTS = (sinusoid, fewshot_vision, student_performance, regression)
 
 
 def _flag_values(module, *argv):

@@ -201,7 +201,10 @@ def test_a_rerun_with_other_support_sizes_is_refused(synthetic_dataset,
                                                      tmp_path):
   data_dir, _ = synthetic_dataset
   config = sp.Config(dataset="kt_sample", data_dir=data_dir, fold=0,
-                     algorithms=("maml",), support_sizes=(0, 5),
+                     algorithms=("maml", "np"), support_sizes=(0, 5),
+                     # The neural process's widths: it encodes every
+                     # position of each test task, so its cost is these.
+                     hidden=8, embed_dim=8,
                      num_steps=4, meta_batch_size=4, window=50,
                      online_every=50, eval_batch=64, bootstrap=20,
                      log_every=2, checkpoint_every=2, eval_every=2,
@@ -216,3 +219,15 @@ def test_a_rerun_with_other_support_sizes_is_refused(synthetic_dataset,
   more = sp.train_and_evaluate(
       sp.Config(**{**vars(config), "num_steps": 6, "bootstrap": 30}), workdir)
   assert more["num_steps"] == 6 and first["num_steps"] == 4
+  # The neural process is in every table, and resumes like the others.
+  assert more["selected"]["np"]["step"] in (2, 4, 6)
+  for results in (first, more):
+    assert np.isfinite(results["usual_protocol"]["np"]["auc"])
+    assert set(results["cold_start"]["np"]) == {"0", "5"}
+    assert set(results["cold_start_gain"]["np"]) == {"none", "finetune"}
+    # Every adapting method is timed; "none", which adapts nothing, is not.
+    times = results["personalise_time_s"]
+    assert set(times) == {"finetune", "maml", "np"}
+    assert all(t > 0 for t in times.values())
+    assert results["personalise_answers"] == 5
+  assert "x np" in sp.format_results(more)

@@ -23,6 +23,7 @@ from metajax.algorithms.neural_process import latent_np
 from metajax.algorithms.protonet import protonet
 from metajax.algorithms.relation import relation
 from metajax.algorithms.reptile import reptile
+from metajax.algorithms.student_np import student_np
 from metajax.algorithms.wrappers import map_tasks
 from metajax.algorithms.wrappers import resolve_task_chunk
 from metajax.algorithms.wrappers import starting_from

@@ -17,6 +17,14 @@ or "dkt"), `train_and_evaluate` trains
             from the joint model's parameters (`meta_init="joint"`, the
             pre-train-then-meta-train recipe) or from a fresh
             initialisation;
+  np        a conditional neural process over students
+            (`algorithms.student_np`): personalising is encoding the
+            support answers, one forward pass with no gradient step. It is
+            its own model, the same whatever `model`, with no per-student
+            parameters, so it has nothing to take from the joint model and
+            always trains from a fresh initialisation (`meta_init` does not
+            apply to it), on the same cold-start tasks and query loss as the
+            other meta-learners;
 
 and evaluates on the test students, who never appear in training:
 
@@ -26,7 +34,13 @@ and evaluates on the test students, who never appear in training:
                   the answers so far every `online_every` answers;
   cold start      for each k in `support_sizes`: adapt on the first k
                   answers, predict all later answers from those k alone; AUC
-                  with a 95% bootstrap interval over students.
+                  with a 95% bootstrap interval over students, and each
+                  method's paired gain over "none" and "finetune";
+  personalising   the time of one compiled `adapt` on one test student's
+                  first k answers, k the largest support size, per adapting
+                  method (`personalise_times`): gradient steps for
+                  fine-tuning and the gradient meta-learners, a forward pass
+                  for the neural process.
 
 Every `eval_every` steps each method is scored on the validation students,
 and the best-scoring parameters are the ones tested (early stopping; see
@@ -46,7 +60,8 @@ themselves are `metajax.evaluation.students`.
 import dataclasses
 import functools
 import os
-from typing import Dict, NamedTuple, Optional, Tuple
+import time
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +81,13 @@ from metajax.models.student import masked_bce
 from metajax.models.student import student_mask
 
 MODELS = ("irt", "dkt")
-META_ALGORITHMS = ("maml", "meta_sgd", "reptile")
+META_ALGORITHMS = ("maml", "meta_sgd", "reptile", "np")
+# Meta-learners that personalise by a forward pass, not gradient steps: they
+# have no per-student parameters, so `meta_init="joint"` has nothing to give
+# them and they start fresh.
+FORWARD_ALGORITHMS = ("np",)
+# Rounds of `personalise_times`, each timing every method once.
+PERSONALISE_ROUNDS = 30
 # Fine-tuning rates tried on the validation students; the best one is used.
 FINETUNE_LRS = (0.1, 0.3, 1.0, 3.0, 10.0)
 META_INITS = ("joint", "random")
@@ -99,9 +120,11 @@ class Config(harness.RunConfig):
   model: str = field("irt", "irt: multidimensional IRT; dkt: LSTM knowledge "
                      "tracing; both with per-student ability and profile.",
                      choices=MODELS)
+  # "np" is not in the default until its README rows are measured, so the
+  # README's commands (which use the default) keep their meaning.
   algorithms: Tuple[str, ...] = field(
-      META_ALGORITHMS, f"Meta-learners to compare with joint training, from "
-      f"{META_ALGORITHMS}.", flag="algorithm")
+      ("maml", "meta_sgd", "reptile"), f"Meta-learners to compare with "
+      f"joint training, from {META_ALGORITHMS}.", flag="algorithm")
   support_sizes: Tuple[int, ...] = field(
       (0, 3, 5, 10, 20), "Support sizes k of the cold-start table (and of "
       "training tasks).")
@@ -120,13 +143,15 @@ class Config(harness.RunConfig):
   eval_every: int = field(250, "Steps between validation scores; each "
                           "method's best-scoring parameters are tested "
                           "(early stopping).")
-  meta_init: str = field("joint", "Where meta-learners start: the joint "
-                         "model's parameters or a fresh initialisation.",
+  meta_init: str = field("joint", "Where the gradient meta-learners start: "
+                         "the joint model's parameters or a fresh "
+                         "initialisation (np always starts fresh).",
                          choices=META_INITS)
   window: int = field(200, "Training sequences are cut into windows of "
                       "this many answers (all kept).")
-  hidden: int = field(100, "LSTM width (dkt).")
-  embed_dim: int = field(64, "Embedding width (dkt).")
+  hidden: int = field(100, "LSTM width (dkt); hidden and representation "
+                      "width of the neural process (np).")
+  embed_dim: int = field(64, "Embedding width (dkt, np).")
   personal_dim: int = field(8, "Width of the per-student profile.")
   online_every: int = field(1, "Usual protocol: re-adapt every this many "
                             "answers.", rerun_may_change=True)
@@ -152,7 +177,7 @@ class Config(harness.RunConfig):
       raise ValueError(f"support_sizes must be non-negative, got "
                        f"{self.support_sizes}.")
     harness.check_positive(self, ("num_epochs", "num_questions"), least=0)
-    if self.model == "dkt":
+    if self.model == "dkt" or set(self.algorithms) & set(FORWARD_ALGORITHMS):
       harness.check_positive(self, ("hidden",))
     if max(self.support_sizes) >= self.window:
       raise ValueError(
@@ -178,7 +203,16 @@ def load_data(config: Config) -> kt.KTDataset:
 
 def make_learner(config: Config, method: str, num_questions: int,
                  lr: Optional[float] = None) -> algorithms.MetaLearner:
-  """The learner of `method` ("joint" or a meta-algorithm) on the model."""
+  """The learner of `method` ("joint" or a meta-algorithm) on the model.
+
+  "np" is the neural process of `algorithms.student_np`, whatever
+  `config.model`, with `config.embed_dim` and `config.hidden` as its widths;
+  it takes no learning rate.
+  """
+  if method == "np":
+    return algorithms.student_np(num_questions, embed_dim=config.embed_dim,
+                                 width=config.hidden,
+                                 prior_answers=config.prior_answers)
   model = StudentModel(num_questions,
                        hidden=config.hidden if config.model == "dkt" else 0,
                        embed_dim=config.embed_dim,
@@ -309,7 +343,8 @@ def _run(config: Config, workdir: str, data: _Data) -> Dict:
   methods, selected = {}, {}
   for method in ("joint",) + tuple(config.algorithms):
     learner = make_learner(config, method, nq)
-    if method != "joint" and config.meta_init == "joint":
+    if (method not in ("joint",) + FORWARD_ALGORITHMS and
+        config.meta_init == "joint"):
       learner = algorithms.starting_from(learner, methods["joint"])
     method_dir = os.path.join(workdir, method)
     state = harness.train_learner(
@@ -344,6 +379,11 @@ def _run(config: Config, workdir: str, data: _Data) -> Dict:
                   for base in ("none", "finetune")}
            for name in config.algorithms}
 
+  personalise_k = max(config.support_sizes)
+  personalise = personalise_times(
+      {name: (learner, params) for name, (learner, params, adapt)
+       in rows.items() if adapt}, data.test, personalise_k)
+
   title = (f"{config.model} on {data.dataset.name}: cold-start "
            f"personalisation")
   _plot(os.path.join(workdir, "cold_start.png"), cold, config, title)
@@ -354,14 +394,59 @@ def _run(config: Config, workdir: str, data: _Data) -> Dict:
       "cold_start": {name: {str(k): v for k, v in table.items()}
                      for name, table in cold.items()},
       "cold_start_gain": gains,
+      "personalise_time_s": personalise,
+      "personalise_answers": personalise_k,
       "finetune": finetune,
       "selected": selected,
       "num_steps": steps,
   }
 
 
+def personalise_times(learners: Mapping[str, Tuple[algorithms.MetaLearner,
+                                                   Dict]],
+                      arrays: sequences.StudentArrays, k: int,
+                      rounds: int = PERSONALISE_ROUNDS) -> Dict[str, float]:
+  """Median seconds to personalise one student, per learner, side by side.
+
+  The student is the first of `arrays` with more than k answers, cut to its
+  first k answers (one unread position when k = 0), so the time is that of
+  adapting on k answers, not on a padded sequence. Each learner's `adapt`
+  is compiled and run once first (the warm-up); then each of `rounds` rounds
+  runs every learner once, in turn, the order reversed every other round,
+  so that the machine's slow spells and the place in a round fall on every
+  learner alike. The median over rounds ignores the odd slow call.
+
+  Args:
+    learners: {name: (learner, meta_params)}.
+    arrays: the students (`sequences.pack`).
+    k: support answers.
+    rounds: timed calls per learner.
+
+  Returns:
+    {name: median seconds of one `adapt`, results ready}.
+  """
+  row = int(np.argmax(arrays.lengths > k))
+  m = max(k, 1)
+  support = jax.device_put(sequences.cold_start_task(
+      jnp.asarray(arrays.questions[row, :m]),
+      jnp.asarray(arrays.answers[row, :m]), m, k).support)
+  calls = {}
+  for name, (learner, params) in learners.items():
+    adapt = jax.jit(lambda mp, s, learner=learner: learner.adapt(mp, s))
+    params = jax.device_put(params)
+    jax.block_until_ready(adapt(params, support))
+    calls[name] = functools.partial(adapt, params, support)
+  seconds = {name: [] for name in calls}
+  for i in range(rounds):
+    for name in list(calls)[::-1 if i % 2 else 1]:
+      start = time.perf_counter()
+      jax.block_until_ready(calls[name]())
+      seconds[name].append(time.perf_counter() - start)
+  return {name: float(np.median(s)) for name, s in seconds.items()}
+
+
 def format_results(results: Dict) -> str:
-  """The usual-protocol and cold-start tables as text."""
+  """The usual-protocol, cold-start and personalisation-time tables as text."""
   lines = [f"{results['model']} on {results['dataset']}: test AUC / accuracy "
            f"/ RMSE over all test answers"]
   for name, m in results["usual_protocol"].items():
@@ -385,6 +470,15 @@ def format_results(results: Dict) -> str:
                       f"{t['ci_high']:+.3f}]".rjust(24)
                       for t in versus[base].values())
       lines.append(f"  {name:10s}{cells}")
+  times = results.get("personalise_time_s", {})
+  if times:
+    lines.append(f"time to personalise one student on its first "
+                 f"{results['personalise_answers']} answers (median of "
+                 f"compiled adapt calls)")
+  for name, seconds in times.items():
+    ratio = (f"  {seconds / times['np']:8.1f} x np" if times.get("np")
+             else "")
+    lines.append(f"  {name:10s}{1e3 * seconds:10.3f} ms{ratio}")
   return "\n".join(lines)
 
 
