@@ -37,9 +37,13 @@ def _config(**overrides):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-  """(workdir, results) of a run of every learner on every kernel."""
+  """(workdir, results) of a run of every learner on every kernel.
+
+  MAML trains for its own, smaller number of steps.
+  """
   workdir = str(tmp_path_factory.mktemp("regression"))
-  return workdir, regression.train_and_evaluate(_config(), workdir)
+  return workdir, regression.train_and_evaluate(_config(maml_num_steps=2),
+                                                workdir)
 
 
 @pytest.mark.slow
@@ -72,12 +76,15 @@ def test_results_hold_every_learner_and_kernel(finished_run):
   for name in ("predictions.png", "ll_vs_context.png"):
     with open(os.path.join(workdir, name), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  for name in regression.LEARNERS:
-    assert os.path.isdir(os.path.join(workdir, name, "checkpoints", "4"))
+  assert results["num_steps"] == dict(cnp=4, np=4, anp=4, maml=2)
+  for name, steps in results["num_steps"].items():
+    assert sorted(os.listdir(os.path.join(workdir, name, "checkpoints"))) == [
+        str(steps)]
   assert set(results["train_time_s"]) == learners
   text = regression.format_results(results)
   assert "log-likelihood per point on 6 held-out tasks" in text
   assert "exact_gp" in text
+  assert "meta-training steps: cnp 4, np 4, anp 4, maml 2" in text
 
 
 @pytest.mark.slow
@@ -125,10 +132,15 @@ def test_a_rerun_of_a_finished_workdir_reproduces_its_results(finished_run,
   workdir, finished = finished_run
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)
+  # MAML's steps are fixed once trained: a rerun asking for others would
+  # label its results with steps it was not trained for.
+  with pytest.raises(ValueError, match="maml_num_steps"):
+    regression.train_and_evaluate(_config(learners=("np",)), copy)
   # A rerun may drop learners and kernels: here it scores the NP alone,
   # whose Monte Carlo draws of z must be the same again.
   rerun = regression.train_and_evaluate(
-      _config(learners=("np",), eval_kernels=("rbf",)), copy)
+      _config(learners=("np",), eval_kernels=("rbf",), maml_num_steps=2),
+      copy)
   assert _same_scores(rerun, finished, "np")
   with open(os.path.join(copy, "np", "metrics.jsonl")) as f:
     assert [json.loads(line)["step"] for line in f] == [2, 4]
@@ -187,6 +199,7 @@ def test_bad_flags_are_named_before_any_work(tmp_path):
     (dict(min_std=1.0), r"min_std must be in \[0, 1\)"),
     (dict(outer_lr=0.0), "outer_lr must be a finite learning rate > 0"),
     (dict(num_samples=0), "num_samples must be >= 1"),
+    (dict(maml_num_steps=-1), r"maml_num_steps must be >= 0 \(0: num_steps\)"),
 ])
 def test_bad_values_are_rejected_up_front(overrides, message):
   with pytest.raises(ValueError, match=message):

@@ -53,6 +53,23 @@ def model_params(meta_params: types.MetaParams) -> types.Params:
   return meta_params["params"]
 
 
+def refuse_steps(name: str, how: str, steps) -> None:
+  """Raises a ValueError unless `steps` is None.
+
+  For learners that adapt by a forward pass rather than by gradient steps,
+  so that a caller's `steps` is never silently ignored.
+
+  Args:
+    name: the learner's name, for the error.
+    how: what the learner's adapt does instead, for the error.
+    steps: the caller's `steps`.
+  """
+  if steps is not None:
+    raise ValueError(
+        f"{name} adapts nothing by gradient: {how}, so adapt takes "
+        f"steps=None only; got steps={steps!r}.")
+
+
 def keep_support(name: str) -> types.AdaptFn:
   """The `adapt` of a learner whose task state is the support set itself.
 
@@ -65,11 +82,8 @@ def keep_support(name: str) -> types.AdaptFn:
   """
   def adapt(meta_params, support, *, steps=None):
     del meta_params
-    if steps is not None:
-      raise ValueError(
-          f"{name} adapts nothing by gradient: its task state is the support "
-          f"set itself, embedded with the queries in predict, so adapt takes "
-          f"steps=None only; got steps={steps!r}.")
+    refuse_steps(name, "its task state is the support set itself, embedded "
+                 "with the queries in predict", steps)
     return support
   return adapt
 

@@ -88,6 +88,7 @@ import jax.numpy as jnp
 from metajax import tasks as tasks_lib
 from metajax import types
 from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import refuse_steps
 from metajax.models import attention
 
 
@@ -192,12 +193,17 @@ def mlp(params: types.Params, x: jax.Array) -> jax.Array:
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean of `values` `[n, d]` over the rows where float `mask` `[n]` is 1.
+  """Mean of `values` `[n, ...]` over the rows where float `mask` `[n]` is 1.
 
-  Returns float `[d]`; the zero vector when no row is real.
+  Padded rows are selected away rather than multiplied by 0, so that an inf
+  or NaN there cannot leak into the mean.
+
+  Returns:
+    float `values.shape[1:]`; zeros when no row is real.
   """
+  real = (mask > 0).reshape(mask.shape + (1,) * (values.ndim - 1))
   count = jnp.maximum(jnp.sum(mask), 1.0)
-  return jnp.sum(values * mask[:, None], axis=0) / count
+  return jnp.sum(jnp.where(real, values, 0.0), axis=0) / count
 
 
 def gaussian_log_density(y: jax.Array, mean: jax.Array,
@@ -665,11 +671,8 @@ def as_learner(model: NeuralProcess) -> MetaLearner:
     return grads, dict(metrics, loss=loss)
 
   def adapt(meta_params, support, *, steps=None):
-    if steps is not None:
-      raise ValueError(
-          f"{model.name} adapts nothing by gradient: adapting encodes the "
-          f"support set (the context) by a forward pass, so adapt takes "
-          f"steps=None only; got steps={steps!r}.")
+    refuse_steps(model.name, "adapting encodes the support set (the "
+                 "context) by a forward pass", steps)
     return model.encode(meta_params, support)
 
   def predict(meta_params, state, inputs):

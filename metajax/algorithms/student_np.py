@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from metajax import tasks as tasks_lib
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import batch_mean_grad
+from metajax.algorithms.base import refuse_steps
 from metajax.algorithms.neural_process import masked_mean
 from metajax.algorithms.neural_process import mlp
 from metajax.algorithms.neural_process import mlp_init
@@ -137,11 +138,8 @@ def student_np(num_questions: int, *, embed_dim: int = 64, width: int = 128,
     return StudentContext(masked_mean(r_i, visible), jnp.sum(visible))
 
   def adapt(meta_params, support, *, steps=None):
-    if steps is not None:
-      raise ValueError(
-          f"student_np adapts nothing by gradient: adapting encodes the "
-          f"support's visible answers by a forward pass, so adapt takes "
-          f"steps=None only; got steps={steps!r}.")
+    refuse_steps("student_np", "adapting encodes the support's visible "
+                 "answers by a forward pass", steps)
     x, _ = support
     return encode(meta_params["params"], x)
 

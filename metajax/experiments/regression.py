@@ -123,6 +123,10 @@ class Config(harness.RunConfig):
   outer_lr: float = field(5e-4, "Adam learning rate.")
   num_steps: int = field(50_000, "Meta-training steps per learner.",
                          rerun_may_change=True)
+  maml_num_steps: int = field(
+      0, "MAML: meta-training steps, if not --num_steps (0). A second-order "
+      "MAML step costs about 25 CNP steps on the CPU; this budgets it "
+      "apart. Fixed once a workdir has trained.")
   inner_steps: int = field(5, "MAML: inner gradient steps in "
                            "meta-training.")
   inner_lr: float = field(0.01, "MAML: inner learning rate.")
@@ -154,11 +158,21 @@ class Config(harness.RunConfig):
     if self.eval_tasks < 2:
       raise ValueError(f"eval_tasks must be >= 2 (a confidence interval "
                        f"needs two tasks), got {self.eval_tasks}.")
+    if self.maml_num_steps < 0:
+      raise ValueError(f"maml_num_steps must be >= 0 (0: num_steps), got "
+                       f"{self.maml_num_steps}.")
     if not 0.0 <= self.min_std < 1.0:
       raise ValueError(f"min_std must be in [0, 1), got {self.min_std}.")
     if "anp" in self.learners and self.width % NUM_HEADS:
       raise ValueError(f"width must be a multiple of {NUM_HEADS} (the "
                        f"ANP's attention heads), got {self.width}.")
+
+
+def learner_steps(config: Config, name: str) -> int:
+  """The meta-training steps of learner `name`."""
+  if name == "maml" and config.maml_num_steps:
+    return config.maml_num_steps
+  return config.num_steps
 
 
 def make_model(config: Config, name: str) -> nplib.NeuralProcess:
@@ -209,12 +223,6 @@ def maml_width(config: Config) -> int:
              key=lambda h: abs(_mlp_size(_maml_sizes(h)) - target))
 
 
-def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """Mean of `values` `[n]` over the points where float `mask` `[n]` is 1."""
-  total = jnp.sum(jnp.where(mask > 0, values, 0.0))
-  return total / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 def gaussian_nll(predictions: jax.Array, targets) -> jax.Array:
   """MAML's loss: the mean Gaussian negative log-likelihood of real points.
 
@@ -227,7 +235,7 @@ def gaussian_nll(predictions: jax.Array, targets) -> jax.Array:
   """
   y, mask = targets
   ll = nplib.gaussian_log_density(y, predictions[:, :1], predictions[:, 1:])
-  return -_masked_mean(ll, mask)
+  return -nplib.masked_mean(ll, mask)
 
 
 def make_learner(config: Config, name: str) -> algorithms.MetaLearner:
@@ -355,7 +363,8 @@ def _predictive(config: Config, learner: algorithms.MetaLearner,
 
     def log_likelihood(points):
       x, (y, mask) = points
-      return _masked_mean(nplib.gaussian_log_density(y, *moments(x)), mask)
+      return nplib.masked_mean(
+          nplib.gaussian_log_density(y, *moments(x)), mask)
 
     return _Predictive(log_likelihood, moments)
 
@@ -396,7 +405,7 @@ def _scorer(config: Config, learner, model) -> Callable:
     mean, std = pred.moments(x)
     return {"context_ll": pred.log_likelihood(task.support),
             "target_ll": pred.log_likelihood(task.query),
-            "target_mse": _masked_mean(
+            "target_mse": nplib.masked_mean(
                 jnp.sum(jnp.square(mean - y), axis=-1), mask),
             "mean": mean, "std": std}
 
@@ -631,7 +640,8 @@ def _run(config: Config, workdir: str, data) -> Dict:
     meta_params = harness.train_learner(
         config, learner, optax.adam(config.outer_lr),
         train_sampler(config, name), key=train_key,
-        num_steps=config.num_steps, workdir=os.path.join(workdir, name),
+        num_steps=learner_steps(config, name),
+        workdir=os.path.join(workdir, name),
         desc=name).meta_params
     score = _scorer(config, learner, model)
     for panel, eval_set in eval_sets.items():
@@ -668,6 +678,8 @@ def _run(config: Config, workdir: str, data) -> Dict:
           for panel, by_learner in scores.items()},
       "ll_vs_context": curves,
       "parameters": parameters,
+      "num_steps": {name: learner_steps(config, name)
+                    for name in config.learners},
       "maml_width": maml_width(config) if "maml" in config.learners else None,
       "num_samples": config.num_samples,
       "eval_tasks": config.eval_tasks,
@@ -735,13 +747,17 @@ def format_results(results: Dict) -> str:
                    "".join(f"{c:>20}" for c in cells))
   lines.append("parameters: " + ", ".join(
       f"{n} {c:,}" for n, c in results["parameters"].items()))
+  lines.append("meta-training steps: " + ", ".join(
+      f"{n} {c:,}" for n, c in results["num_steps"].items()))
   lines.append(f"wall time {results['wall_time_s']:.0f} s")
   return "\n".join(lines)
 
 
 EXPERIMENT = harness.Experiment(
     name="regression", config_class=Config, prepare=lambda config: None,
-    run=_run, num_steps=lambda config, data: config.num_steps,
+    run=_run,
+    num_steps=lambda config, data: max(learner_steps(config, name)
+                                       for name in config.learners),
     format_results=format_results,
     outputs=("results.json", "predictions.png", "ll_vs_context.png"))
 
