@@ -37,7 +37,8 @@ root_doc = "index"
 # fewshot.md and students.md are shown inside the result pages of their
 # families (vision.md, student_results.md), which include them; examples/
 # holds scripts, not pages.
-exclude_patterns = ["_build", "fewshot.md", "students.md", "examples"]
+exclude_patterns = ["_build", "fewshot.md", "students.md", "regression.md",
+                    "examples"]
 
 # Markdown: headings up to level 3 get anchors, so pages can link to them.
 myst_heading_anchors = 3

@@ -122,7 +122,7 @@ def test_site_builds(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
   for page in ("index", "quickstart", "own_model", "design", "sinusoid",
-               "vision", "student_results", "benchmarks", "scale",
+               "regression_results", "vision", "student_results", "benchmarks", "scale",
                "api/index", "api/metajax"):
     assert (tmp_path / "html" / f"{page}.html").is_file(), page
 
@@ -140,8 +140,9 @@ def _table_and_command_lines(text):
   return lines
 
 
-@pytest.mark.parametrize("page", ["sinusoid.md", "vision.md",
-                                  "student_results.md", "benchmarks.md"])
+@pytest.mark.parametrize("page", ["sinusoid.md", "regression_results.md",
+                                  "vision.md", "student_results.md",
+                                  "benchmarks.md"])
 def test_results_are_the_readmes(page):
   """Every result table row and command of a results page is in README.md.
 

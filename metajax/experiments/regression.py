@@ -124,12 +124,15 @@ class Config(harness.RunConfig):
   num_steps: int = field(50_000, "Meta-training steps per learner.",
                          rerun_may_change=True)
   maml_num_steps: int = field(
-      0, "MAML: meta-training steps, if not --num_steps (0). A second-order "
+      5_000, "MAML: meta-training steps (0: --num_steps). A second-order "
       "MAML step costs about 25 CNP steps on the CPU; this budgets it "
       "apart. Fixed once a workdir has trained.")
   inner_steps: int = field(5, "MAML: inner gradient steps in "
                            "meta-training.")
-  inner_lr: float = field(0.01, "MAML: inner learning rate.")
+  # 0.01, the MAML paper's sinusoid rate, diverges on the Gaussian NLL,
+  # whose gradient in the mean scales as 1 / std^2 (README: 0.003 diverged
+  # too in 600-step runs).
+  inner_lr: float = field(0.001, "MAML: inner learning rate.")
   test_inner_steps: int = field(5, "MAML: gradient steps on the context "
                                 "at evaluation.", rerun_may_change=True)
   eval_tasks: int = field(1000, "Held-out tasks per evaluation kernel.",

@@ -120,8 +120,9 @@ class Config(harness.RunConfig):
   model: str = field("irt", "irt: multidimensional IRT; dkt: LSTM knowledge "
                      "tracing; both with per-student ability and profile.",
                      choices=MODELS)
-  # "np" is not in the default until its README rows are measured, so the
-  # README's commands (which use the default) keep their meaning.
+  # "np" is opt-in: with an IRT model it takes most of a run's time (its
+  # encoder reads every answer; IRT's adaptation is a few numbers), and the
+  # README's IRT commands, which use the default, keep their wall times.
   algorithms: Tuple[str, ...] = field(
       ("maml", "meta_sgd", "reptile"), f"Meta-learners to compare with "
       f"joint training, from {META_ALGORITHMS}.", flag="algorithm")
