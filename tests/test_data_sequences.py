@@ -97,3 +97,34 @@ def test_online_task_reads_all_history_and_scores_one_block():
   (_, _), (_, yq) = sequences.online_task(
       arrays.questions[2], arrays.answers[2], arrays.lengths[2], 3, 3)
   np.testing.assert_array_equal(yq.target, [0, 0, 0, 1, 0, 0])
+
+
+@pytest.mark.parametrize("length", [5, 25, 26, 40])
+def test_cat_task_splits_real_answers_into_pool_and_held_out(length):
+  q = jax.numpy.arange(1, 41, dtype=jax.numpy.int32)
+  a = jax.numpy.asarray(np.arange(40) % 2, jax.numpy.int8)
+  task = sequences.cat_task(q, a, length, jax.random.PRNGKey(length), 0.2)
+  (xs, ys), (xq, yq) = task.support, task.query
+  pool, heldout = np.asarray(ys.target), np.asarray(yq.target)
+  assert not (pool & heldout).any()
+  np.testing.assert_array_equal(pool | heldout, np.arange(40) < length)
+  # ceil(0.2 * length) held out (float32 must not make 0.2 * 25 into 6).
+  assert heldout.sum() == -(-length // 5)
+  assert pool.sum() == sequences.cat_pool_size(length, 0.2)
+  # The pool's input reads the pool's answers; the query's reads none.
+  np.testing.assert_array_equal(xs.visible, pool)
+  np.testing.assert_array_equal(xs.answers, np.where(pool, a, 0))
+  assert not np.asarray(xq.visible).any() and not np.asarray(xq.answers).any()
+
+
+def test_cat_sampler_resplits_students_each_draw():
+  arrays = sequences.pack(kt.Sequences(
+      tuple(np.arange(1, 31, dtype=np.int32) for _ in range(8)),
+      tuple(np.zeros(30, np.int8) for _ in range(8))))
+  sample = sequences.cat_sampler(arrays, batch_size=4, heldout_fraction=0.3)
+  one, two = (jax.jit(sample)(jax.random.PRNGKey(s)) for s in (0, 1))
+  assert one.query[1].target.shape == (4, 30)
+  np.testing.assert_array_equal(np.asarray(one.query[1].target).sum(1), 9)
+  assert not np.array_equal(one.query[1].target, two.query[1].target)
+  with pytest.raises(ValueError, match="heldout_fraction must be in"):
+    sequences.cat_sampler(arrays, batch_size=4, heldout_fraction=1.0)

@@ -122,7 +122,8 @@ def test_site_builds(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
   for page in ("index", "quickstart", "own_model", "design", "sinusoid",
-               "regression_results", "vision", "student_results", "benchmarks", "scale",
+               "regression_results", "vision", "student_results",
+               "adaptive_testing", "benchmarks", "scale",
                "api/index", "api/metajax"):
     assert (tmp_path / "html" / f"{page}.html").is_file(), page
 
@@ -142,7 +143,7 @@ def _table_and_command_lines(text):
 
 @pytest.mark.parametrize("page", ["sinusoid.md", "regression_results.md",
                                   "vision.md", "student_results.md",
-                                  "benchmarks.md"])
+                                  "adaptive_testing.md", "benchmarks.md"])
 def test_results_are_the_readmes(page):
   """Every result table row and command of a results page is in README.md.
 

@@ -50,6 +50,11 @@ def test_bootstrap_auc_resamples_whole_groups():
   assert out["auc"] == auc(scores, labels)
   assert out["ci_low"] < out["auc"] < out["ci_high"]
   assert out["groups"] == 200 and out["n"] == 4000
+  # Accuracy of the probabilities, with its interval from the same draws.
+  probs = 1 / (1 + np.exp(-scores))
+  acc = bootstrap_auc(probs, labels, groups, reps=300)
+  assert acc["accuracy"] == binary_metrics(probs, labels)["accuracy"]
+  assert acc["acc_low"] < acc["accuracy"] < acc["acc_high"]
   # Answers of one student are correlated, so resampling students gives a
   # wider interval than treating the 4,000 answers as independent.
   independent = bootstrap_auc(scores, labels, np.arange(4000),
@@ -79,3 +84,47 @@ def test_bootstrap_auc_gain_is_paired_over_students():
   same = bootstrap_auc_gain(baseline, baseline, labels, groups, reps=50)
   assert same == {"gain": 0.0, "ci_low": 0.0, "ci_high": 0.0,
                   "p_not_positive": 1.0}
+
+
+def test_adaptive_tests_score_the_same_answers_whatever_the_batch():
+  import functools
+  import jax
+  import jax.numpy as jnp
+  from metajax import adaptive_testing
+  from metajax import algorithms
+  from metajax.data.students import sequences
+  from metajax.evaluation.students import adaptive_test_predictions
+  from metajax.models.student import StudentModel, masked_bce, student_mask
+
+  rng = np.random.default_rng(3)
+  lengths = rng.integers(12, 30, 7).astype(np.int32)
+  q = np.where(np.arange(30) < lengths[:, None],
+               rng.integers(1, 6, (7, 30)), 0).astype(np.int32)
+  a = (rng.random((7, 30)) < 0.6).astype(np.int8)
+  arrays = sequences.StudentArrays(q, a, lengths)
+  model = StudentModel(5, personal_dim=0)
+  x = sequences.KTInput(jnp.zeros(30, jnp.int32), jnp.zeros(30, jnp.int8),
+                        jnp.zeros(30, bool))
+  learner = algorithms.maml(
+      lambda k: model.init(k, x), model.apply,
+      functools.partial(masked_bce, prior_answers=2.0),
+      adapt_mask=student_mask, steps=2, lr=1.0)
+  params = learner.init(jax.random.PRNGKey(0))
+  run = functools.partial(adaptive_test_predictions, learner, params,
+                          arrays=arrays, test_lengths=(1, 4),
+                          heldout_fraction=0.25, seed=3)
+  rand, rand_orders = run(adaptive_testing.random_selector(), batch=3)
+  fisher, _ = run(adaptive_testing.max_information(learner, student_mask),
+                  batch=3)
+  again, again_orders = run(adaptive_testing.random_selector(), batch=8)
+  assert rand_orders.shape == (7, 4)
+  np.testing.assert_array_equal(rand_orders, again_orders)
+  heldout = -(-lengths // 4)  # ceil(0.25 * length) per student
+  for n in (1, 4):
+    probs, answers, who = rand[n]
+    np.testing.assert_array_equal(np.bincount(who, minlength=7), heldout)
+    for other in (fisher[n], again[n]):
+      np.testing.assert_array_equal(other[1], answers)
+      np.testing.assert_array_equal(other[2], who)
+    np.testing.assert_allclose(again[n][0], probs, rtol=1e-6)
+    assert ((probs > 0) & (probs < 1)).all()

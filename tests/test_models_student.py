@@ -83,3 +83,15 @@ def test_masked_bce():
     assert float(masked_bce(logits, none, prior)) == 0.0
     grad = jax.grad(lambda l: masked_bce(l, none, prior))(logits)
     assert not np.asarray(grad).any()
+
+
+def test_rasch_model_has_one_ability_and_no_empty_profile():
+  """personal_dim=0: difficulty + ability, and no zero-size `u` to save."""
+  model = StudentModel(4, hidden=0, personal_dim=0)
+  x = _input([0, 0, 0], [0, 0, 0], questions=[1, 3, 3])
+  p = model.init(jax.random.PRNGKey(1), x)["params"]
+  assert set(p["student"]) == {"theta"}
+  p = dict(p, student={"theta": jnp.array([0.5])},
+           difficulty={"embedding": jnp.arange(5.)[:, None]})
+  np.testing.assert_allclose(model.apply({"params": p}, x),
+                             [1.5, 3.5, 3.5], rtol=1e-6)

@@ -1,5 +1,6 @@
 """Meta-learning algorithms, each a `MetaLearner` of pure functions."""
 
+from metajax.algorithms import bobcat as bobcat_lib
 from metajax.algorithms import neural_process
 from metajax.algorithms import wrappers
 from metajax.algorithms.base import MetaLearner
@@ -10,6 +11,8 @@ from metajax.algorithms.base import cross_entropy
 from metajax.algorithms.base import model_params
 from metajax.algorithms.base import mse
 from metajax.algorithms.base import supervised_loss
+from metajax.algorithms.bobcat import Bobcat
+from metajax.algorithms.bobcat import bobcat
 from metajax.algorithms.joint import joint
 from metajax.algorithms.maml import anil
 from metajax.algorithms.maml import fomaml

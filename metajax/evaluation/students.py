@@ -8,19 +8,26 @@ docs/students.md):
                   on the answers so far every `online_every` answers;
   cold start      adapt on a student's first k answers and predict all later
                   ones from those k alone (`cold_start_predictions`), for
-                  each support size k.
+                  each support size k;
+  adaptive test   a selector asks n items of a student's candidate pool, one
+                  at a time; adapt on those n answers and predict the
+                  student's held-out answers (`adaptive_test_predictions`),
+                  for each test length n.
 
 Uncertainty is over students: `bootstrap_auc` resamples whole students, and
 `bootstrap_auc_gain` compares two learners on the same resampled students.
 Predictions are made on the device, `batch` students per compiled call.
 """
 
+import functools
 from typing import Callable, Dict, Iterator, Mapping, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from metajax import adaptive_testing
 from metajax.algorithms import MetaLearner
 from metajax.data.students import sequences
 
@@ -96,16 +103,25 @@ def bootstrap_auc(scores, labels, groups, *, reps: int = 1000, seed: int = 0
     seed: seed of the resampling.
 
   Returns:
-    {"auc", "ci_low", "ci_high", "groups", "n"}.
+    {"auc", "ci_low", "ci_high", "accuracy", "acc_low", "acc_high",
+    "groups", "n"}: the AUC and the accuracy of `scores >= 0.5` (scores
+    are probabilities for it to mean anything), each with its interval
+    from the same replicates.
   """
   groups = np.asarray(groups).ravel()
   sorted_ = _sort_for_auc(scores, labels)
-  values = [_auc_sorted(*sorted_, w)
-            for w in _group_weights(groups, reps, seed)]
+  right = ((np.asarray(scores).ravel() >= 0.5) ==
+           (np.asarray(labels).ravel() == 1)).astype(np.float64)
+  values, accuracies = [], []
+  for w in _group_weights(groups, reps, seed):
+    values.append(_auc_sorted(*sorted_, w))
+    accuracies.append(np.dot(w, right) / w.sum())
   low, high = np.percentile(values, [2.5, 97.5])
+  acc_low, acc_high = np.percentile(accuracies, [2.5, 97.5])
   return {"auc": float(_auc_sorted(*sorted_, None)), "ci_low": float(low),
-          "ci_high": float(high), "groups": int(np.unique(groups).size),
-          "n": int(groups.size)}
+          "ci_high": float(high), "accuracy": float(right.mean()),
+          "acc_low": float(acc_low), "acc_high": float(acc_high),
+          "groups": int(np.unique(groups).size), "n": int(groups.size)}
 
 
 def bootstrap_auc_gain(scores, baseline_scores, labels, groups, *,
@@ -286,3 +302,89 @@ def cold_start_gains(predictions: Mapping[int, Predictions],
       raise ValueError(f"k={k}: the two methods scored different answers.")
     gains[k] = bootstrap_auc_gain(p, base_p, y, who, reps=reps, seed=seed)
   return gains
+
+
+def adaptive_test_predictions(learner: MetaLearner, meta_params,
+                              select: adaptive_testing.Selector,
+                              arrays: sequences.StudentArrays, *,
+                              test_lengths: Sequence[int],
+                              heldout_fraction: float, seed: int,
+                              batch: int = 256, desc: str = "",
+                              progress: bool = False
+                              ) -> Tuple[Dict[int, Predictions], np.ndarray]:
+  """Every student of `arrays` takes an adaptive test of `max(test_lengths)`.
+
+  Student row r is split by `sequences.cat_task` with the key
+  `fold_in(PRNGKey(seed), r)`, so every selector and every model is scored
+  on the same pools and held-out answers; the selector's own randomness
+  comes from `fold_in(PRNGKey(seed + 1), r)`. After each test length n the
+  learner adapts on the n asked answers and predicts the held-out ones.
+  Students are vmapped `batch` at a time in one compiled function.
+
+  Args:
+    learner, meta_params: the response model (`adapt`, `predict`).
+    select: the selector; it gets `meta_params`.
+    arrays: the students, whole sequences (`sequences.pack`).
+    test_lengths: the numbers of asked items to score after.
+    heldout_fraction: the fraction of each student's answers held out.
+    seed: seed of the splits.
+    batch, desc, progress: students per call, progress bar.
+
+  Returns:
+    `({n: (probabilities, answers, rows)}, orders)`: each n's held-out
+    predictions as in `scored_predictions`, and the asked positions, int32
+    `[students, max(test_lengths)]` (-1 once a pool ran out).
+  """
+  lengths = tuple(test_lengths)
+  run = _adaptive_test_runner(learner, select, lengths,
+                              float(heldout_fraction), int(seed))
+  data = [jax.device_put(v) for v in arrays]
+  rows = np.arange(arrays.num_students, dtype=np.int32)
+  out = {n: ([], [], []) for n in lengths}
+  orders = []
+  for i in tqdm.tqdm(range(0, len(rows), batch), desc=desc, unit="batch",
+                     leave=False, disable=not progress):
+    r = rows[i:i + batch]
+    padded = np.pad(r, (0, batch - len(r)))
+    probs, y, order = run(meta_params, *(v[padded] for v in data), padded)
+    target = np.asarray(y.target)[:len(r)]
+    answers = np.asarray(y.answers)[:len(r)][target]
+    who = np.broadcast_to(r[:, None], target.shape)[target]
+    probs = np.asarray(probs)[:len(r)]  # [students, test lengths, L]
+    for j, n in enumerate(lengths):
+      out[n][0].append(probs[:, j][target])
+      out[n][1].append(answers)
+      out[n][2].append(who)
+    orders.append(np.asarray(order)[:len(r)])
+  predictions = {n: tuple(np.concatenate(v) for v in out[n]) for n in lengths}
+  return predictions, np.concatenate(orders)
+
+
+@functools.lru_cache(maxsize=32)
+def _adaptive_test_runner(learner: MetaLearner,
+                          select: adaptive_testing.Selector,
+                          lengths: Tuple[int, ...], heldout_fraction: float,
+                          seed: int) -> Callable:
+  """The compiled batch of tests of `adaptive_test_predictions`.
+
+  Cached, so that scoring the same learner and selector again (e.g. on the
+  validation students every few hundred steps) does not compile again.
+  """
+  num_asked = max(lengths)
+
+  def one(mp, q, a, length, row):
+    task = sequences.cat_task(q, a, length,
+                              jax.random.fold_in(jax.random.PRNGKey(seed), row),
+                              heldout_fraction)
+    order = adaptive_testing.administer(
+        select, mp, task,
+        jax.random.fold_in(jax.random.PRNGKey(seed + 1), row), num_asked)
+    probs = []
+    for n in lengths:
+      scored = adaptive_testing.scored_task(task, order, n)
+      state = learner.adapt(mp, scored.support)
+      probs.append(jax.nn.sigmoid(learner.predict(mp, state,
+                                                  scored.query[0])))
+    return jnp.stack(probs), task.query[1], order
+
+  return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0, 0)))

@@ -72,6 +72,17 @@ def field(default, help: str, *, choices: Optional[Sequence[str]] = None,
       "rerun_may_change": rerun_may_change, "flag": flag})
 
 
+def field_of(config_class, name: str):
+  """A field like `config_class`'s `name`: its default, help and options.
+
+  For a config that shares a setting with another experiment's, so that
+  the two flags say the same thing.
+  """
+  original = config_class.__dataclass_fields__[name]
+  return dataclasses.field(default=original.default,
+                           metadata=original.metadata)
+
+
 def flag_name(config_class, name: str) -> str:
   """The command-line flag of field `name` of `config_class`."""
   for f in dataclasses.fields(config_class):

@@ -44,7 +44,7 @@ and evaluates on the test students, who never appear in training:
 
 Every `eval_every` steps each method is scored on the validation students,
 and the best-scoring parameters are the ones tested (early stopping; see
-`_validation_score` for the criteria): with a few hundred training students,
+`validation_score` for the criteria): with a few hundred training students,
 every model here overfits if trained long enough.
 
 Training sequences are cut into windows of `window` answers (every answer
@@ -61,7 +61,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -243,7 +243,7 @@ def _eval_options(config: Config, progress: Optional[bool] = None):
               progress=config.progress if progress is None else progress)
 
 
-def _validation_score(learner, method: str, valid, config: Config):
+def validation_score(learner, method: str, valid, config: Config):
   """The model-selection score of `method` on the validation students.
 
   The jointly trained model is selected as knowledge-tracing models usually
@@ -352,7 +352,7 @@ def _run(config: Config, workdir: str, data: _Data) -> Dict:
         config, learner, optax.adam(config.outer_lr), sampler,
         key=jax.random.PRNGKey(config.seed), num_steps=steps,
         workdir=method_dir, desc=method,
-        eval_fn=_validation_score(learner, method, data.valid, config),
+        eval_fn=validation_score(learner, method, data.valid, config),
         eval_every=config.eval_every, keep_best="valid_auc")
     methods[method], selected[method] = checkpoint.restore_best(
         method_dir, state.meta_params)
@@ -411,11 +411,8 @@ def personalise_times(learners: Mapping[str, Tuple[algorithms.MetaLearner,
 
   The student is the first of `arrays` with more than k answers, cut to its
   first k answers (one unread position when k = 0), so the time is that of
-  adapting on k answers, not on a padded sequence. Each learner's `adapt`
-  is compiled and run once first (the warm-up); then each of `rounds` rounds
-  runs every learner once, in turn, the order reversed every other round,
-  so that the machine's slow spells and the place in a round fall on every
-  learner alike. The median over rounds ignores the odd slow call.
+  adapting on k answers, not on a padded sequence. The compiled `adapt`
+  calls are timed by `side_by_side_times`.
 
   Args:
     learners: {name: (learner, meta_params)}.
@@ -434,9 +431,28 @@ def personalise_times(learners: Mapping[str, Tuple[algorithms.MetaLearner,
   calls = {}
   for name, (learner, params) in learners.items():
     adapt = jax.jit(lambda mp, s, learner=learner: learner.adapt(mp, s))
-    params = jax.device_put(params)
-    jax.block_until_ready(adapt(params, support))
-    calls[name] = functools.partial(adapt, params, support)
+    calls[name] = functools.partial(adapt, jax.device_put(params), support)
+  return side_by_side_times(calls, rounds)
+
+
+def side_by_side_times(calls: Mapping[str, Callable[[], object]],
+                       rounds: int) -> Dict[str, float]:
+  """Median seconds of each call, timed in turn, the order reversed each round.
+
+  Each call runs once untimed first (compilation). Then each of `rounds`
+  rounds runs every call once, in turn, the order reversed every other
+  round, so that the machine's slow spells and the place in a round fall on
+  every call alike; the median ignores the odd slow call.
+
+  Args:
+    calls: {name: a call returning JAX arrays}.
+    rounds: timed calls per name.
+
+  Returns:
+    {name: median seconds of one call, results ready}.
+  """
+  for call in calls.values():
+    jax.block_until_ready(call())
   seconds = {name: [] for name in calls}
   for i in range(rounds):
     for name in list(calls)[::-1 if i % 2 else 1]:

@@ -31,6 +31,8 @@ class StudentTerms(nn.Module):
   @nn.compact
   def __call__(self, v):
     theta = self.param("theta", nn.initializers.zeros, (1,))
+    if not self.personal_dim:  # No empty `u`: orbax cannot save it.
+      return jnp.broadcast_to(theta[0], v.shape[:-1])
     u = self.param("u", nn.initializers.zeros, (self.personal_dim,))
     return theta[0] + v @ u
 

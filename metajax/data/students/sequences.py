@@ -158,3 +158,79 @@ def student_sampler(arrays: StudentArrays, *, batch_size: int,
       functools.partial(_sample, batch_size=batch_size),
       jax.device_put(arrays.questions), jax.device_put(arrays.answers),
       jax.device_put(arrays.lengths), jax.device_put(sizes))
+
+
+def cat_task(questions: jax.Array, answers: jax.Array, length: jax.Array,
+             key: jax.Array, heldout_fraction: float) -> Task:
+  """One student as an adaptive test: candidate pool and held-out answers.
+
+  The student's real positions are shuffled with `key`; the first
+  `ceil(heldout_fraction * length)` (at least one) are held out and the
+  rest form the pool a test may ask from. Traceable, `length` and `key` may
+  be traced.
+
+  Args:
+    questions: int32 `[L]`; answers: int8 `[L]`; length: real interactions.
+    key: PRNG key of the split.
+    heldout_fraction: in (0, 1).
+
+  Returns:
+    `Task(support=(KTInput, KTTarget), query=(KTInput, KTTarget))`, leaves
+    `[L]`. The support is the pool: its input reads every pool answer, which
+    only an adapter given the whole pool may use (an adaptive test reveals
+    them one at a time, see `metajax.adaptive_testing.observe`). The query
+    scores the held-out answers and reads none.
+  """
+  pos = jnp.arange(questions.shape[-1])
+  real = pos < length
+  order = jnp.argsort(jnp.where(real, jax.random.uniform(key, pos.shape), 2.0))
+  rank = jnp.zeros_like(pos).at[order].set(pos)
+  heldout = real & (rank < _num_heldout(length, heldout_fraction))
+  pool = real & ~heldout
+  nothing = jnp.zeros_like(real)
+  return Task((_read(questions, answers, pool), KTTarget(answers, pool)),
+              (_read(questions, answers, nothing), KTTarget(answers, heldout)))
+
+
+def _num_heldout(length, heldout_fraction: float) -> jax.Array:
+  # One float32 formula for the device and for `cat_pool_size`, so the two
+  # never round 0.2 * 25 differently.
+  wanted = jnp.ceil(jnp.float32(heldout_fraction) *
+                    jnp.asarray(length, jnp.float32) - 1e-3)
+  return jnp.maximum(1, wanted).astype(jnp.int32)
+
+
+def cat_pool_size(length, heldout_fraction: float) -> np.ndarray:
+  """Pool sizes of students with `length` answers under `cat_task`."""
+  length = np.asarray(length)
+  return length - np.asarray(_num_heldout(length, heldout_fraction))
+
+
+def _sample_cat_tasks(questions, answers, lengths, key, *, batch_size,
+                      heldout_fraction):
+  k_rows, k_split = jax.random.split(key)
+  rows = jax.random.choice(k_rows, questions.shape[0], (batch_size,),
+                           replace=False)
+  return jax.vmap(cat_task, in_axes=(0, 0, 0, 0, None))(
+      questions[rows], answers[rows], lengths[rows],
+      jax.random.split(k_split, batch_size), heldout_fraction)
+
+
+def cat_sampler(arrays: StudentArrays, *, batch_size: int,
+                heldout_fraction: float) -> jax.tree_util.Partial:
+  """`key -> Task` batch of `cat_task`s of distinct students, on the device.
+
+  Every call splits each drawn student anew, so training sees many pools
+  and held-out sets per student.
+  """
+  if batch_size > arrays.num_students:
+    raise ValueError(f"batch_size {batch_size} exceeds the "
+                     f"{arrays.num_students} students available.")
+  if not 0 < heldout_fraction < 1:
+    raise ValueError(f"heldout_fraction must be in (0, 1), got "
+                     f"{heldout_fraction}.")
+  return jax.tree_util.Partial(
+      functools.partial(_sample_cat_tasks, batch_size=batch_size,
+                        heldout_fraction=float(heldout_fraction)),
+      jax.device_put(arrays.questions), jax.device_put(arrays.answers),
+      jax.device_put(arrays.lengths))
