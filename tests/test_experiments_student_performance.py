@@ -138,15 +138,17 @@ def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
   assert again["cold_start_gain"] == results["cold_start_gain"]
 
 
-def test_dkt_model_runs_in_process(synthetic_dataset, tmp_path):
+@pytest.mark.parametrize("model", ["dkt", "sakt"])
+def test_sequence_models_run_in_process(model, synthetic_dataset, tmp_path):
   config = sp.Config(dataset="kt_sample", data_dir=synthetic_dataset[0],
-                     fold=0, model="dkt", algorithms=("maml",), support_sizes=(0, 5),
+                     fold=0, model=model, algorithms=("maml",),
+                     support_sizes=(0, 5), num_heads=2,
                      num_steps=4, meta_batch_size=4, hidden=8, embed_dim=8,
                      personal_dim=2, window=50, online_every=50, eval_batch=64,
                      bootstrap=20, log_every=2, checkpoint_every=2,
                      progress=False)
   results = sp.train_and_evaluate(config, str(tmp_path))
-  assert results["model"] == "dkt"
+  assert results["model"] == model
   assert np.isfinite(results["usual_protocol"]["maml"]["auc"])
 
 
@@ -195,13 +197,17 @@ def test_bad_values_are_rejected_up_front(field, value, message):
     sp.Config(**{field: value}).validate()
   with pytest.raises(ValueError, match="hidden must be >= 1"):
     sp.Config(model="dkt", hidden=0).validate()
+  with pytest.raises(ValueError, match="--num_heads=3 must divide "
+                     "--embed_dim=64 for sakt"):
+    sp.Config(model="sakt", num_heads=3).validate()
 
 
 def test_a_rerun_with_other_support_sizes_is_refused(synthetic_dataset,
                                                      tmp_path):
   data_dir, _ = synthetic_dataset
   config = sp.Config(dataset="kt_sample", data_dir=data_dir, fold=0,
-                     algorithms=("maml", "np"), support_sizes=(0, 5),
+                     model="irt", algorithms=("maml", "np"),
+                     support_sizes=(0, 5),
                      # The neural process's widths: it encodes every
                      # position of each test task, so its cost is these.
                      hidden=8, embed_dim=8,

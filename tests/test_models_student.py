@@ -20,14 +20,17 @@ def _input(answers, visible, questions=None):
                  jnp.asarray(answers, jnp.int8), jnp.asarray(visible, bool))
 
 
-def _dkt():
-  model = StudentModel(6, hidden=8, embed_dim=4, personal_dim=3)
+def _dkt(sequence="lstm"):
+  model = StudentModel(6, hidden=8, embed_dim=4, personal_dim=3,
+                       sequence=sequence, num_heads=2)
   x = _input([1, 0, 1, 1, 0, 1, 0, 0], [1] * 8)
   return model, model.init(jax.random.PRNGKey(0), x), x
 
 
-def test_dkt_prediction_at_t_reads_only_earlier_visible_answers():
-  model, params, x = _dkt()
+@pytest.mark.parametrize("sequence", ["lstm", "attention"])
+def test_sequence_prediction_at_t_reads_only_earlier_visible_answers(
+    sequence):
+  model, params, x = _dkt(sequence)
   base = model.apply(params, x)
   for t in range(8):
     flipped = x._replace(answers=x.answers.at[t].set(1 - x.answers[t]))
@@ -95,3 +98,20 @@ def test_rasch_model_has_one_ability_and_no_empty_profile():
            difficulty={"embedding": jnp.arange(5.)[:, None]})
   np.testing.assert_allclose(model.apply({"params": p}, x),
                              [1.5, 3.5, 3.5], rtol=1e-6)
+
+
+def test_attention_history_ignores_padding_and_hidden_positions():
+  """SAKT's prediction at a position is that of the sequence cut there."""
+  model, params, x = _dkt("attention")
+  out = model.apply(params, x)
+  for cut in (3, 6):
+    short = jax.tree.map(lambda v: v[:cut], x)
+    np.testing.assert_allclose(model.apply(params, short), out[:cut],
+                               rtol=1e-5, atol=1e-6)
+  # Padding (question 0, invisible) after the real positions changes nothing.
+  padded = jax.tree.map(lambda v: jnp.concatenate([v, jnp.zeros(4, v.dtype)]),
+                        x)
+  np.testing.assert_allclose(model.apply(params, padded)[:8], out,
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="sequence must be one of"):
+    StudentModel(6, hidden=8, sequence="gru").init(jax.random.PRNGKey(0), x)

@@ -74,14 +74,15 @@ class Config(harness.RunConfig):
   download: bool = field_of(student_performance.Config, "download")
   num_questions: int = field_of(student_performance.Config, "num_questions")
   fold: int = field_of(student_performance.Config, "fold")
-  model: str = field("irt", "Response model: irt (multidimensional IRT) or "
-                     "dkt (with an LSTM over the asked answers).",
-                     choices=student_performance.MODELS)
+  model: str = field("irt", "Response model: irt (multidimensional IRT), "
+                     "dkt or sakt (an LSTM or attention over the asked "
+                     "answers).", choices=student_performance.MODELS)
   personal_dim: int = field(
       0, "Width of the per-student profile beside the ability (0: one "
       "ability per student, the Rasch model of classical CAT).")
-  hidden: int = field(100, "LSTM width (dkt).")
-  embed_dim: int = field(64, "Embedding width (dkt).")
+  hidden: int = field(100, "Width of the sequence part (dkt, sakt).")
+  embed_dim: int = field(64, "Embedding width (dkt, sakt).")
+  num_heads: int = field_of(student_performance.Config, "num_heads")
   test_lengths: Tuple[int, ...] = field(
       (1, 3, 5, 10, 20), "Numbers of asked questions to score after; a test "
       "asks the largest.")
@@ -121,8 +122,9 @@ class Config(harness.RunConfig):
   def validate(self):
     super().validate()
     harness.check_positive(self, ("num_questions", "personal_dim"), least=0)
-    if self.model == "dkt":
-      harness.check_positive(self, ("hidden", "embed_dim"))
+    if self.model in student_performance.SEQUENCE_OF:
+      harness.check_positive(self, ("hidden", "embed_dim", "num_heads"))
+      student_performance.check_heads(self)
     if not self.test_lengths or min(self.test_lengths) < 1:
       raise ValueError(f"test_lengths must be positive, got "
                        f"{self.test_lengths}.")

@@ -5,16 +5,24 @@ logit of a correct answer to question q_t:
 
   logit_t = b[q_t]                                 item difficulty (IRT)
           + theta + u . v[q_t]                     the student's own terms
-          + head([h_{t-1}, e[q_t]])                DKT, when hidden > 0
+          + head([h_t, e[q_t]])                    when hidden > 0
+
+where h_t sums up the visible answers before t: an LSTM's state (DKT,
+`sequence="lstm"`) or self-attention from the question at t over the
+earlier visible interactions (SAKT, Pandey & Karypis 2019,
+`sequence="attention"`).
 
 `theta` (ability) and `u` (a `personal_dim` profile matched against item
 vectors v) live in the submodule named "student": they are what
 personalisation adapts (`student_mask`), while everything else is shared by
 all students. With `hidden=0` the model is a multidimensional IRT model; with
-`hidden>0`, h_{t-1} is an LSTM's state after the answers before t, updated
-only at positions whose answer is `visible`, so at a cold-start query
-position it holds exactly what the support answers told it.
+`hidden>0`, h_t reads only the answers before t whose position is
+`visible`, so at a cold-start query position it holds exactly what the
+support answers told it.
 """
+
+import math
+
 
 import flax.linen as nn
 import jax
@@ -22,6 +30,9 @@ import jax.numpy as jnp
 
 from metajax import inner
 from metajax.data.students.sequences import KTInput
+from metajax.models import attention
+
+SEQUENCES = ("lstm", "attention")
 
 
 class StudentTerms(nn.Module):
@@ -65,14 +76,63 @@ class MaskedLSTM(nn.Module):
     return before
 
 
+class AttentionHistory(nn.Module):
+  """Each position attends over the earlier visible interactions (SAKT).
+
+  The query at t is the embedding of question t; keys and values are the
+  interaction embeddings (question and answer) of the positions s < t whose
+  answer is visible. Instead of SAKT's position embeddings, which fix a
+  largest length, every head's logit falls linearly with the distance
+  t - s at a learned rate, so that any length works and recent answers can
+  count more. A position with no visible answer before it attends to
+  nothing (a zero vector, `attention.masked_softmax`).
+
+  Returns float `[L, width]`: `layer_norm(query + attention)`.
+  """
+  width: int
+  num_heads: int = 4
+
+  @nn.compact
+  def __call__(self, interactions, queries, visible):
+    length = interactions.shape[0]
+    head = self.width // self.num_heads
+    params = self.param("attention", lambda key: attention.attention_init(
+        key, self.width, self.num_heads))
+    # softplus(-3) = 0.05 per position: a gentle recency at the start.
+    decay = self.param("decay", nn.initializers.constant(-3.0),
+                       (self.num_heads,))
+
+    def heads(layer, x):
+      return attention.dense(params[layer], x).reshape(
+          length, self.num_heads, head)
+
+    pos = jnp.arange(length)
+    distance = (pos[:, None] - pos[None, :]).astype(queries.dtype)
+    logits = (jnp.einsum("thd,shd->hts", heads("query", queries),
+                         heads("key", interactions)) / math.sqrt(head)
+              - jax.nn.softplus(decay)[:, None, None] * distance)
+    earlier = visible[None, :] & (pos[None, :] < pos[:, None])  # [t, s]
+    weights = attention.masked_softmax(logits, earlier)
+    attended = jnp.einsum("hts,shd->thd", weights,
+                          heads("value", interactions))
+    out = attention.dense(params["output"],
+                          attended.reshape(length, self.width))
+    return attention.layer_norm(params["norm"], queries + out)
+
+
 class StudentModel(nn.Module):
   """Knowledge-tracing model of one student's sequence.
 
   Attributes:
     num_questions: ids are 1..num_questions (0 is padding).
-    hidden: LSTM width; 0 gives the IRT-style model with no sequence state.
-    embed_dim: width of the interaction and item embeddings of the LSTM part.
+    hidden: width of the sequence part (the LSTM, and the layer that mixes
+      h_t with the question); 0 gives the IRT-style model with no sequence
+      state.
+    embed_dim: width of the interaction and item embeddings of the sequence
+      part (and of the attention).
     personal_dim: width of the per-student profile `u` (0: ability only).
+    sequence: "lstm" (DKT) or "attention" (SAKT).
+    num_heads: attention heads, dividing `embed_dim`.
 
   Input: a `KTInput` with leaves `[L]`. Output: float32 logits `[L]`.
   """
@@ -80,6 +140,8 @@ class StudentModel(nn.Module):
   hidden: int = 0
   embed_dim: int = 64
   personal_dim: int = 8
+  sequence: str = "lstm"
+  num_heads: int = 4
 
   @nn.compact
   def __call__(self, x: KTInput) -> jax.Array:
@@ -94,8 +156,15 @@ class StudentModel(nn.Module):
     if self.hidden:
       interaction = q + n * x.answers.astype(q.dtype)
       e_in = nn.Embed(2 * n, self.embed_dim, name="interaction")(interaction)
-      h = MaskedLSTM(self.hidden, name="lstm")(e_in, x.visible)
       e_q = nn.Embed(n, self.embed_dim, name="item")(q)
+      if self.sequence == "lstm":
+        h = MaskedLSTM(self.hidden, name="lstm")(e_in, x.visible)
+      elif self.sequence == "attention":
+        h = AttentionHistory(self.embed_dim, self.num_heads,
+                             name="attention")(e_in, e_q, x.visible)
+      else:
+        raise ValueError(f"sequence must be one of {SEQUENCES}, got "
+                         f"{self.sequence!r}.")
       z = nn.relu(nn.Dense(self.hidden, name="mix")(
           jnp.concatenate([h, e_q], -1)))
       logit = logit + nn.Dense(1, name="head")(z)[..., 0]
