@@ -205,3 +205,37 @@ def test_data_dir_defaults_to_the_environment(tmp_path, monkeypatch):
     kt.load(None, "assist2009")
   folder = str(tmp_path / "knowledge_tracing" / "assist2009_updated")
   assert f"downloads it into {folder}" in str(error.value)
+
+
+def test_overlapping_students_finds_a_leaking_split():
+  rng = np.random.default_rng(0)
+  make = lambda n: (rng.integers(1, 20, n).astype(np.int32),
+                    rng.integers(0, 2, n).astype(np.int8))
+  train = [make(n) for n in (80, 120, 60)]
+  clean = [make(n) for n in (70, 90, 10)]
+  as_seqs = lambda students: kt.Sequences(tuple(q for q, _ in students),
+                                          tuple(a for _, a in students))
+  assert kt.overlapping_students(as_seqs(train), as_seqs(clean)) == []
+  # A training student copied whole, and the second window of another (a
+  # sequence cut into pieces with one piece on each side of the split).
+  q, a = train[1]
+  leaking = clean + [train[0], (q[40:], a[40:]), (q[:30], a[:30])]
+  assert kt.overlapping_students(as_seqs(train), as_seqs(leaking)) == [
+      (3, 0), (4, 1)]  # the 30-answer piece is too short to be checked
+  assert kt.overlapping_students(as_seqs(train), as_seqs(leaking),
+                                 probe=30) == [(3, 0), (4, 1), (5, 1)]
+
+
+def test_the_dkvmn_splits_have_few_test_students_opening_as_in_training(
+    shared_data_dir):
+  """A fact of the files, reported by the student experiment."""
+  for name in ("assist2009", "statics2011"):
+    data = kt.load(shared_data_dir, name)
+    pairs = kt.overlapping_students(data.train, data.test)
+    assert 0 < len(pairs) < 0.05 * data.test.num_students, name
+    for test_row, train_row in pairs:  # checked apart from the search
+      q, a = data.test.questions[test_row][:50], data.test.answers[test_row][:50]
+      tq, ta = data.train.questions[train_row], data.train.answers[train_row]
+      assert any(np.array_equal(tq[i:i + 50], q) and
+                 np.array_equal(ta[i:i + 50], a)
+                 for i in range(len(tq) - 49)), (name, test_row)

@@ -87,6 +87,7 @@ def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
   assert results["dataset"] == "kt_sample"
   assert results["summary"]["num_questions"] == num_questions
   assert results["summary"]["students_test"] == 40
+  assert results["split_overlap"] == []  # no test student also in training
   rows = {"none", "finetune", "maml", "reptile"}
   assert set(results["usual_protocol"]) == rows
   assert set(results["cold_start"]) == rows

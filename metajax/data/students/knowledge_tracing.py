@@ -32,7 +32,7 @@ sequences to a common length.
 import codecs
 import os
 import re
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -322,3 +322,37 @@ def summary(data: KTDataset) -> Dict[str, float]:
           "longest": int(lengths.max()),
           "correct_fraction": correct / float(lengths.sum())}
 
+
+
+def overlapping_students(train: Sequences, test: Sequences, *,
+                         probe: int = 50) -> List[Tuple[int, int]]:
+  """Test students whose opening answers occur in a training sequence.
+
+  A split by students leaks when a test student is also in training, whole
+  or as a piece of a longer sequence (e.g. one cut into windows). Students
+  carry no ids in the three-line format, so a test student counts as
+  overlapping when their first `probe` (question, answer) pairs occur, in
+  order and contiguous, anywhere in a training sequence. Students with
+  fewer than `probe` answers are not checked: short runs of the same
+  question answered the same way coincide by chance.
+
+  Args:
+    train: the training students.
+    test: the students that must not be among them.
+    probe: the length of the opening that is looked up.
+
+  Returns:
+    `[(test row, first training row holding it)]`, in test order.
+  """
+  def codes(q, a):
+    return (q.astype(np.int64) * 2 + a).astype(np.int64)
+
+  seen = {}
+  for row, (q, a) in enumerate(zip(train.questions, train.answers)):
+    if len(q) >= probe:
+      for window in np.lib.stride_tricks.sliding_window_view(codes(q, a),
+                                                             probe):
+        seen.setdefault(window.tobytes(), row)
+  return [(row, seen[key]) for row, (q, a) in
+          enumerate(zip(test.questions, test.answers)) if len(q) >= probe
+          and (key := codes(q, a)[:probe].tobytes()) in seen]
