@@ -128,3 +128,22 @@ def test_adaptive_tests_score_the_same_answers_whatever_the_batch():
       np.testing.assert_array_equal(other[2], who)
     np.testing.assert_allclose(again[n][0], probs, rtol=1e-6)
     assert ((probs > 0) & (probs < 1)).all()
+
+
+def test_comparable_students_follow_pykts_rules():
+  from metajax.data.students import knowledge_tracing as kt
+  from metajax.evaluation.students import comparable_students
+
+  rng = np.random.default_rng(4)
+  make = lambda n: (rng.integers(1, 30, n).astype(np.int32),
+                    rng.integers(0, 2, n).astype(np.int8))
+  train = [make(n) for n in (90, 300)]
+  test = [make(n) for n in (450, 2, 201)] + [train[1]]
+  seqs = lambda s: kt.Sequences(tuple(q for q, _ in s),
+                                tuple(a for _, a in s))
+  windows, info = comparable_students(seqs(train), seqs(test))
+  assert info["students_dropped"] == [3]  # the training student
+  # 450 -> 200, 200, 50; 2 -> dropped (< 3); 201 -> 200 and 1 (dropped).
+  assert [len(q) for q in windows.questions] == [200, 200, 50, 200]
+  assert info == {"students_dropped": [3], "windows": 4, "windows_dropped": 2}
+  np.testing.assert_array_equal(windows.questions[1], test[0][0][200:400])

@@ -90,6 +90,16 @@ def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
   assert results["split_overlap"] == []  # no test student also in training
   rows = {"none", "finetune", "maml", "reptile"}
   assert set(results["usual_protocol"]) == rows
+  # The comparable protocol scores every answer but each window's first.
+  assert set(results["comparable_protocol"]) == rows
+  info = results["comparable_test"]
+  assert info["students_dropped"] == []
+  answers = results["usual_protocol"]["none"]["n"]
+  # Every answer but each window's first; a dropped window held 1-2 answers.
+  scored = results["comparable_protocol"]["none"]["n"]
+  assert (answers - info["windows"] - 2 * info["windows_dropped"] <= scored
+          <= answers - info["windows"] - info["windows_dropped"])
+  assert "comparable protocol" in stdout
   assert set(results["cold_start"]) == rows
   usual = results["usual_protocol"]
   for metrics in usual.values():

@@ -6,6 +6,9 @@ docs/students.md):
   usual protocol  every answer predicted from all the student's earlier
                   answers (`usual_protocol`); an adapting learner re-adapts
                   on the answers so far every `online_every` answers;
+  comparable      the usual protocol under pyKT's leakage and length rules
+                  that apply to our files (`comparable_students`), so that
+                  its numbers sit beside pyKT's benchmark;
   cold start      adapt on a student's first k answers and predict all later
                   ones from those k alone (`cold_start_predictions`), for
                   each support size k;
@@ -29,6 +32,7 @@ import tqdm
 
 from metajax import adaptive_testing
 from metajax.algorithms import MetaLearner
+from metajax.data.students import knowledge_tracing as kt
 from metajax.data.students import sequences
 
 # (probabilities, 0/1 answers, student rows), each float/int `[scored answers]`.
@@ -217,7 +221,8 @@ def scored_predictions(run: Callable, meta_params, arrays, rows, starts,
 
 def usual_protocol(learner: MetaLearner, meta_params,
                    arrays: sequences.StudentArrays, *, adapt: bool,
-                   online_every: int = 1, batch: int = 256, desc: str = "",
+                   online_every: int = 1, first_scored: int = 0,
+                   batch: int = 256, desc: str = "",
                    progress: bool = False) -> Dict[str, float]:
   """AUC/accuracy/RMSE over all answers, each from all earlier ones.
 
@@ -227,6 +232,8 @@ def usual_protocol(learner: MetaLearner, meta_params,
     adapt: re-adapt on the answers so far every `online_every` answers;
       otherwise read each whole history with no adaptation.
     online_every: answers between re-adaptations.
+    first_scored: the first position scored in each sequence (1: not the
+      first answer, which has no history, as pyKT scores).
     batch: tasks per compiled call.
     desc, progress: progress bar label and switch.
 
@@ -236,7 +243,7 @@ def usual_protocol(learner: MetaLearner, meta_params,
   length = int(arrays.questions.shape[1])
   every = online_every if adapt else length
   rows = [(r, s) for r, n in enumerate(arrays.lengths)
-          for s in range(0, int(n), every)]
+          for s in range(first_scored, int(n), every)]
   rows, starts = np.array(rows, np.int32).T
   run = scorer(learner,
                lambda q, a, n, s: sequences.online_task(q, a, n, s, every),
@@ -244,6 +251,37 @@ def usual_protocol(learner: MetaLearner, meta_params,
   p, y, _ = scored_predictions(run, meta_params, arrays, rows, starts, batch,
                                desc, progress)
   return binary_metrics(p, y)
+
+
+def comparable_students(train: kt.Sequences, test: kt.Sequences, *,
+                        window: int = 200, min_length: int = 3,
+                        probe: int = 50) -> Tuple[kt.Sequences, Dict]:
+  """The test sequences of the comparable protocol, and what was dropped.
+
+  pyKT's rules (Liu et al., NeurIPS 2022, as its code applies them) that a
+  file of (question or skill, answer) sequences allows: a test student is
+  never a training student (here: one who opens as a training student,
+  `knowledge_tracing.overlapping_students`, is dropped); sequences are cut
+  into consecutive windows of `window` answers, each read from its own
+  start; windows shorter than `min_length` are dropped; and each window's
+  first answer, which has no history, is not scored (`usual_protocol`'s
+  `first_scored=1`). pyKT's rule for questions with several skills (every
+  skill of a question predicted from the history before the question)
+  needs question ids, which skill-level files do not have.
+
+  Returns:
+    `(windows, {"students_dropped": [test rows], "windows": count,
+    "windows_dropped": count})`.
+  """
+  dropped = [row for row, _ in kt.overlapping_students(train, test,
+                                                       probe=probe)]
+  keep = [row for row in range(test.num_students) if row not in set(dropped)]
+  pieces = kt.window(test.select(keep), window)
+  long_enough = [i for i, q in enumerate(pieces.questions)
+                 if len(q) >= min_length]
+  return pieces.select(long_enough), {
+      "students_dropped": dropped, "windows": len(long_enough),
+      "windows_dropped": pieces.num_students - len(long_enough)}
 
 
 def cold_start_predictions(learner: MetaLearner, meta_params,

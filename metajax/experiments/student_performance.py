@@ -32,6 +32,10 @@ and evaluates on the test students, who never appear in training:
                   the student (AUC, accuracy, RMSE over all test answers);
                   adapting methods re-adapt their per-student parameters on
                   the answers so far every `online_every` answers;
+  comparable      the same under the rules of pyKT's benchmark that apply
+                  to these files (`kt_eval.comparable_students`): windows
+                  of 200 answers, each window's first answer unscored, test
+                  students who open as a training student dropped;
   cold start      for each k in `support_sizes`: adapt on the first k
                   answers, predict all later answers from those k alone; AUC
                   with a 95% bootstrap interval over students, and each
@@ -310,38 +314,52 @@ def _finetune_lr(config, joint_params, valid, num_questions) -> Dict:
 
 
 class _Data(NamedTuple):
-  """What `_prepare` loads and checks: the dataset and its packed splits."""
+  """What `_prepare` loads and checks: the dataset and its packed splits.
+
+  `comparable` holds the test windows of the comparable protocol, and
+  `comparable_info` what `kt_eval.comparable_students` dropped.
+  """
   dataset: kt.KTDataset
   train: sequences.StudentArrays
   valid: sequences.StudentArrays
   test: sequences.StudentArrays
+  comparable: sequences.StudentArrays
+  comparable_info: Dict
 
 
 def _prepare(config: Config) -> _Data:
   data = load_data(config)
+  windows, info = kt_eval.comparable_students(training_students(data),
+                                              data.test)
   packed = _Data(data,
                  train=sequences.pack(data.train, window=config.window),
                  valid=sequences.pack(data.valid if data.valid is not None
                                       else data.train),
-                 test=sequences.pack(data.test))
+                 test=sequences.pack(data.test),
+                 comparable=sequences.pack(windows), comparable_info=info)
   for split in ("test", "valid"):
     check_support_sizes(config, getattr(packed, split), split)
   return packed
 
 
-def split_overlap(dataset: kt.KTDataset) -> list:
-  """`[test row, training row]` of test students who open as in training.
-
-  See `knowledge_tracing.overlapping_students`; training is the train and
-  validation students together. Reported, not refused: the files are the
-  published splits, and a reader should know.
-  """
+def training_students(dataset: kt.KTDataset) -> kt.Sequences:
+  """The train and validation students together: all that test must avoid."""
   train = dataset.train
   if dataset.valid is not None:
     train = kt.Sequences(train.questions + dataset.valid.questions,
                          train.answers + dataset.valid.answers)
-  return [list(pair) for pair in kt.overlapping_students(train,
-                                                         dataset.test)]
+  return train
+
+
+def split_overlap(dataset: kt.KTDataset) -> list:
+  """`[test row, training row]` of test students who open as in training.
+
+  See `knowledge_tracing.overlapping_students`. Reported, not refused: the
+  files are the published splits, and a reader should know. The comparable
+  protocol drops these students.
+  """
+  return [list(pair) for pair in kt.overlapping_students(
+      training_students(dataset), dataset.test)]
 
 
 def num_steps(config: Config, data: _Data) -> int:
@@ -416,13 +434,17 @@ def _run(config: Config, workdir: str, data: _Data) -> Dict:
   for method in config.algorithms:
     rows[method] = (make_learner(config, method, nq), methods[method], True)
 
-  usual, cold, predictions = {}, {}, {}
+  usual, comparable, cold, predictions = {}, {}, {}, {}
   bootstrap = dict(reps=config.bootstrap, seed=config.seed)
   for name, (learner, params, adapt) in rows.items():
     usual[name] = kt_eval.usual_protocol(
         learner, params, data.test, adapt=adapt,
         online_every=online_every(config), desc=f"{name}, usual protocol",
         **_eval_options(config))
+    comparable[name] = kt_eval.usual_protocol(
+        learner, params, data.comparable, adapt=adapt,
+        online_every=online_every(config), first_scored=1,
+        desc=f"{name}, comparable protocol", **_eval_options(config))
     predictions[name] = kt_eval.cold_start_predictions(
         learner, params, data.test, support_sizes=config.support_sizes,
         adapt=adapt, desc=f"{name}, cold start", **_eval_options(config))
@@ -445,6 +467,8 @@ def _run(config: Config, workdir: str, data: _Data) -> Dict:
       "summary": kt.summary(data.dataset),
       "split_overlap": split_overlap(data.dataset),
       "usual_protocol": usual,
+      "comparable_protocol": comparable,
+      "comparable_test": data.comparable_info,
       "cold_start": {name: {str(k): v for k, v in table.items()}
                      for name, table in cold.items()},
       "cold_start_gain": gains,
@@ -528,6 +552,16 @@ def format_results(results: Dict) -> str:
   for name, m in results["usual_protocol"].items():
     lines.append(f"  {name:10s} {m['auc']:.4f} / {m['accuracy']:.4f} / "
                  f"{m['rmse']:.4f}")
+  if "comparable_protocol" in results:
+    info = results["comparable_test"]
+    lines.append(f"comparable protocol (pyKT's rules that apply: windows of "
+                 f"200, the first answer of each unscored, "
+                 f"{len(info['students_dropped'])} test students who open "
+                 f"as in training dropped; {info['windows']} windows): AUC / "
+                 f"accuracy / RMSE")
+    for name, m in results["comparable_protocol"].items():
+      lines.append(f"  {name:10s} {m['auc']:.4f} / {m['accuracy']:.4f} / "
+                   f"{m['rmse']:.4f}")
   ks = list(next(iter(results["cold_start"].values())))
   lines.append("cold start: AUC on the answers after the first k "
                "[95% bootstrap CI]")
