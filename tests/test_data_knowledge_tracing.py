@@ -239,3 +239,27 @@ def test_the_dkvmn_splits_have_few_test_students_opening_as_in_training(
       assert any(np.array_equal(tq[i:i + 50], q) and
                  np.array_equal(ta[i:i + 50], a)
                  for i in range(len(tq) - 49)), (name, test_row)
+
+
+def test_assist2009_shows_multi_skill_rows_sharing_one_answer(shared_data_dir):
+  """Consecutive answers to different skills agree more than to one skill.
+
+  A changed skill should make two answers less alike, not more; the excess
+  is what a problem with several skills, written as one row per skill with
+  one answer, leaves. docs/students.md quotes these rates.
+  """
+  test = kt.load(shared_data_dir, "assist2009").test
+  same = {True: [0, 0], False: [0, 0]}
+  lag2 = [0, 0]
+  for q, a in zip(test.questions, test.answers):
+    agree = a[1:] == a[:-1]
+    for skill_kept in (True, False):
+      rows = (q[1:] == q[:-1]) == skill_kept
+      same[skill_kept][0] += int(agree[rows].sum())
+      same[skill_kept][1] += int(rows.sum())
+    lag2[0] += int((a[2:] == a[:-2]).sum())
+    lag2[1] += max(len(a) - 2, 0)
+  rate = lambda pair: pair[0] / pair[1]
+  assert round(rate(same[False]), 2) == 0.78
+  assert round(rate(same[True]), 2) == 0.67
+  assert round(rate(lag2), 2) == 0.65
