@@ -141,8 +141,10 @@ def test_comparable_students_follow_pykts_rules():
   test = [make(n) for n in (450, 2, 201)] + [train[1]]
   seqs = lambda s: kt.Sequences(tuple(q for q, _ in s),
                                 tuple(a for _, a in s))
-  windows, info = comparable_students(seqs(train), seqs(test))
-  assert info["students_dropped"] == [3]  # the training student
+  overlapping = [row for row, _ in kt.overlapping_students(seqs(train),
+                                                           seqs(test))]
+  assert overlapping == [3]  # the training student
+  windows, info = comparable_students(seqs(test), overlapping)
   # 450 -> 200, 200, 50; 2 -> dropped (< 3); 201 -> 200 and 1 (dropped).
   assert [len(q) for q in windows.questions] == [200, 200, 50, 200]
   assert info == {"students_dropped": [3], "windows": 4, "windows_dropped": 2}

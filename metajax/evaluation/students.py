@@ -253,28 +253,28 @@ def usual_protocol(learner: MetaLearner, meta_params,
   return binary_metrics(p, y)
 
 
-def comparable_students(train: kt.Sequences, test: kt.Sequences, *,
-                        window: int = 200, min_length: int = 3,
-                        probe: int = 50) -> Tuple[kt.Sequences, Dict]:
+def comparable_students(test: kt.Sequences, overlapping: Sequence[int], *,
+                        window: int = 200, min_length: int = 3
+                        ) -> Tuple[kt.Sequences, Dict]:
   """The test sequences of the comparable protocol, and what was dropped.
 
   pyKT's rules (Liu et al., NeurIPS 2022, as its code applies them) that a
   file of (question or skill, answer) sequences allows: a test student is
-  never a training student (here: one who opens as a training student,
-  `knowledge_tracing.overlapping_students`, is dropped); sequences are cut
-  into consecutive windows of `window` answers, each read from its own
-  start; windows shorter than `min_length` are dropped; and each window's
-  first answer, which has no history, is not scored (`usual_protocol`'s
-  `first_scored=1`). pyKT's rule for questions with several skills (every
-  skill of a question predicted from the history before the question)
-  needs question ids, which skill-level files do not have.
+  never a training student (here: the `overlapping` rows, those who open
+  as a training student by `knowledge_tracing.overlapping_students`, are
+  dropped); sequences are cut into consecutive windows of `window`
+  answers, each read from its own start; windows shorter than `min_length`
+  are dropped; and each window's first answer, which has no history, is
+  not scored (`usual_protocol`'s `first_scored=1`). pyKT's rule for
+  questions with several skills (every skill of a question predicted from
+  the history before the question) needs question ids, which skill-level
+  files do not have.
 
   Returns:
     `(windows, {"students_dropped": [test rows], "windows": count,
     "windows_dropped": count})`.
   """
-  dropped = [row for row, _ in kt.overlapping_students(train, test,
-                                                       probe=probe)]
+  dropped = sorted(set(int(row) for row in overlapping))
   keep = [row for row in range(test.num_students) if row not in set(dropped)]
   pieces = kt.window(test.select(keep), window)
   long_enough = [i for i, q in enumerate(pieces.questions)

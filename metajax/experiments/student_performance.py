@@ -316,26 +316,34 @@ def _finetune_lr(config, joint_params, valid, num_questions) -> Dict:
 class _Data(NamedTuple):
   """What `_prepare` loads and checks: the dataset and its packed splits.
 
-  `comparable` holds the test windows of the comparable protocol, and
-  `comparable_info` what `kt_eval.comparable_students` dropped.
+  `split_overlap` lists `[test row, training row]` of the test students who
+  open as a training student (`knowledge_tracing.overlapping_students`,
+  training being the train and validation students): reported, not
+  refused, since the files are the published splits and a reader should
+  know. `comparable` holds the test windows of the comparable protocol,
+  which drops those students, and `comparable_info` what
+  `kt_eval.comparable_students` dropped.
   """
   dataset: kt.KTDataset
   train: sequences.StudentArrays
   valid: sequences.StudentArrays
   test: sequences.StudentArrays
+  split_overlap: list
   comparable: sequences.StudentArrays
   comparable_info: Dict
 
 
 def _prepare(config: Config) -> _Data:
   data = load_data(config)
-  windows, info = kt_eval.comparable_students(training_students(data),
-                                              data.test)
+  overlap = [list(pair) for pair in kt.overlapping_students(
+      training_students(data), data.test)]
+  windows, info = kt_eval.comparable_students(
+      data.test, [row for row, _ in overlap])
   packed = _Data(data,
                  train=sequences.pack(data.train, window=config.window),
                  valid=sequences.pack(data.valid if data.valid is not None
                                       else data.train),
-                 test=sequences.pack(data.test),
+                 test=sequences.pack(data.test), split_overlap=overlap,
                  comparable=sequences.pack(windows), comparable_info=info)
   for split in ("test", "valid"):
     check_support_sizes(config, getattr(packed, split), split)
@@ -349,17 +357,6 @@ def training_students(dataset: kt.KTDataset) -> kt.Sequences:
     train = kt.Sequences(train.questions + dataset.valid.questions,
                          train.answers + dataset.valid.answers)
   return train
-
-
-def split_overlap(dataset: kt.KTDataset) -> list:
-  """`[test row, training row]` of test students who open as in training.
-
-  See `knowledge_tracing.overlapping_students`. Reported, not refused: the
-  files are the published splits, and a reader should know. The comparable
-  protocol drops these students.
-  """
-  return [list(pair) for pair in kt.overlapping_students(
-      training_students(dataset), dataset.test)]
 
 
 def num_steps(config: Config, data: _Data) -> int:
@@ -465,7 +462,7 @@ def _run(config: Config, workdir: str, data: _Data) -> Dict:
   return {
       "dataset": data.dataset.name, "model": config.model,
       "summary": kt.summary(data.dataset),
-      "split_overlap": split_overlap(data.dataset),
+      "split_overlap": data.split_overlap,
       "usual_protocol": usual,
       "comparable_protocol": comparable,
       "comparable_test": data.comparable_info,
