@@ -86,15 +86,28 @@ def test_bootstrap_auc_gain_is_paired_over_students():
                   "p_not_positive": 1.0}
 
 
+def _maml(model, width, lr):
+  """Two-step MAML of a student model's per-student parameters."""
+  import functools
+  import jax.numpy as jnp
+  from metajax import algorithms
+  from metajax.data.students import sequences
+  from metajax.models.student import masked_bce, student_mask
+  x = sequences.KTInput(jnp.zeros(width, jnp.int32),
+                        jnp.zeros(width, jnp.int8), jnp.zeros(width, bool))
+  return algorithms.maml(
+      lambda k: model.init(k, x), model.apply,
+      functools.partial(masked_bce, prior_answers=2.0),
+      adapt_mask=student_mask, steps=2, lr=lr)
+
+
 def test_adaptive_tests_score_the_same_answers_whatever_the_batch():
   import functools
   import jax
-  import jax.numpy as jnp
   from metajax import adaptive_testing
-  from metajax import algorithms
   from metajax.data.students import sequences
   from metajax.evaluation.students import adaptive_test_predictions
-  from metajax.models.student import StudentModel, masked_bce, student_mask
+  from metajax.models.student import StudentModel, student_mask
 
   rng = np.random.default_rng(3)
   lengths = rng.integers(12, 30, 7).astype(np.int32)
@@ -102,13 +115,7 @@ def test_adaptive_tests_score_the_same_answers_whatever_the_batch():
                rng.integers(1, 6, (7, 30)), 0).astype(np.int32)
   a = (rng.random((7, 30)) < 0.6).astype(np.int8)
   arrays = sequences.StudentArrays(q, a, lengths)
-  model = StudentModel(5, personal_dim=0)
-  x = sequences.KTInput(jnp.zeros(30, jnp.int32), jnp.zeros(30, jnp.int8),
-                        jnp.zeros(30, bool))
-  learner = algorithms.maml(
-      lambda k: model.init(k, x), model.apply,
-      functools.partial(masked_bce, prior_answers=2.0),
-      adapt_mask=student_mask, steps=2, lr=1.0)
+  learner = _maml(StudentModel(5, personal_dim=0), 30, lr=1.0)
   params = learner.init(jax.random.PRNGKey(0))
   run = functools.partial(adaptive_test_predictions, learner, params,
                           arrays=arrays, test_lengths=(1, 4),
@@ -149,3 +156,49 @@ def test_comparable_students_follow_pykts_rules():
   assert [len(q) for q in windows.questions] == [200, 200, 50, 200]
   assert info == {"students_dropped": [3], "windows": 4, "windows_dropped": 2}
   np.testing.assert_array_equal(windows.questions[1], test[0][0][200:400])
+
+
+def test_length_buckets_are_doublings_of_the_shortest_capped_at_the_width():
+  from metajax.evaluation.students import length_buckets
+  np.testing.assert_array_equal(
+      length_buckets(np.array([0, 1, 8, 9, 16, 17, 33, 40]), 40, 8),
+      [8, 8, 8, 16, 16, 32, 40, 40])
+
+
+@pytest.mark.parametrize("sequence", ["lstm", "attention"])
+def test_narrower_widths_score_as_the_whole_width(sequence):
+  import jax
+  from metajax.data.students import sequences
+  from metajax.evaluation import students as kt_eval
+  from metajax.models.student import StudentModel
+
+  rng = np.random.default_rng(5)
+  lengths = np.array([3, 7, 8, 12, 19, 26, 40, 33], np.int32)
+  q = np.where(np.arange(40) < lengths[:, None],
+               rng.integers(1, 9, (8, 40)), 0).astype(np.int32)
+  a = np.where(np.arange(40) < lengths[:, None],
+               rng.random((8, 40)) < 0.6, 0).astype(np.int8)
+  arrays = sequences.StudentArrays(q, a, lengths)
+  learner = _maml(StudentModel(8, embed_dim=4, hidden=8, personal_dim=2,
+                               sequence=sequence), 40, lr=0.5)
+  params = learner.init(jax.random.PRNGKey(1))
+  every = 5
+  rows, starts = np.array([(r, s) for r, n in enumerate(lengths)
+                           for s in range(0, n, every)], np.int32).T
+  for make_task, needed in [
+      (kt_eval._online_task(every),
+       np.minimum(lengths[rows], starts + every)),
+      (sequences.cold_start_task, lengths[rows])]:
+    run = kt_eval.scorer(learner, make_task, True)
+    whole = kt_eval.scored_predictions(run, params, arrays, rows, starts, 4)
+    narrow = kt_eval.scored_predictions(run, params, arrays, rows, starts, 4,
+                                        needed=needed, shortest=8)
+    # The tasks need all four widths, 8, 16, 32 and 40; at 8 and 32 they
+    # fill a batch of 4 and move their remainder on to the next width.
+    widths = kt_eval.length_buckets(needed, 40, 8)
+    assert set(widths) == {8, 16, 32, 40}
+    assert all((widths == w).sum() % 4 and (widths == w).sum() > 4
+               for w in (8, 32))
+    np.testing.assert_array_equal(narrow[1], whole[1])
+    np.testing.assert_array_equal(narrow[2], whole[2])
+    np.testing.assert_allclose(narrow[0], whole[0], rtol=1e-5, atol=1e-7)

@@ -168,6 +168,7 @@ def _group_weights(groups, reps: int, seed: int) -> Iterator[np.ndarray]:
     yield counts[index].astype(np.float64)
 
 
+@functools.lru_cache(maxsize=32)
 def scorer(learner: MetaLearner, make_task: Callable, adapt: bool) -> Callable:
   """A compiled `run(meta_params, data, rows, starts) -> (probs, KTTarget)`.
 
@@ -176,7 +177,9 @@ def scorer(learner: MetaLearner, make_task: Callable, adapt: bool) -> Callable:
   (questions, answers, lengths)`; with `adapt`, the learner adapts on its
   support set before predicting its query, otherwise it predicts with its
   meta-parameters as they are (`adapt(..., steps=0)`). Outputs are
-  `[len(rows), L]`.
+  `[len(rows), L]`, L being the width of `data`'s arrays. Cached, so that
+  scoring the same learner again (the validation students every few hundred
+  steps) does not compile again.
   """
   def one(mp, q, a, length, s):
     task = make_task(q, a, length, s)
@@ -193,30 +196,68 @@ def scorer(learner: MetaLearner, make_task: Callable, adapt: bool) -> Callable:
   return run
 
 
+def length_buckets(needed: np.ndarray, width: int,
+                   shortest: int = 128) -> np.ndarray:
+  """The sequence width each task is scored at: a power of two times
+  `shortest` that holds its `needed` positions, at most `width`.
+
+  A student with 80 answers padded to the longest student's 1,146 would cost
+  the whole width (its square, for attention); a few widths keep the
+  compilations few.
+  """
+  needed = np.maximum(np.asarray(needed, np.int64), 1)
+  steps = np.ceil(np.log2(np.maximum(needed / shortest, 1.0))).astype(np.int64)
+  return np.minimum(shortest * 2 ** steps, width)
+
+
 def scored_predictions(run: Callable, meta_params, arrays, rows, starts,
-                       batch: int, desc: str = "",
-                       progress: bool = False) -> Predictions:
+                       batch: int, desc: str = "", progress: bool = False,
+                       needed=None, shortest: int = 128) -> Predictions:
   """`run`'s predictions at the scored query positions, `batch` tasks a call.
 
-  Only one batch of `[batch, L]` sequences exists at a time; the last batch
-  is padded so every call has the same shape (one compilation).
+  With `needed` (int `[tasks]`, the positions each task reads), tasks are
+  scored at the narrowest of `length_buckets`' widths that holds them,
+  which changes nothing for a causal model: what is scored at a position
+  reads only earlier ones. Every call is a full batch of `[batch, width]`
+  sequences: a width's tasks that do not fill a batch move on to the next
+  width, and only the widest width's last batch is padded, so each width
+  compiles once and no call is mostly padding.
 
   Returns:
-    (probabilities, answers, student rows), each `[scored answers]`.
+    (probabilities, answers, student rows), each `[scored answers]`, in the
+    order of the tasks and, within a task, of the positions.
   """
-  data = tuple(jax.device_put(v) for v in arrays)
-  probs, answers, who = [], [], []
-  for i in tqdm.tqdm(range(0, len(rows), batch), desc=desc, unit="batch",
-                     leave=False, disable=not progress):
-    r = np.asarray(rows[i:i + batch])
-    s = np.asarray(starts[i:i + batch])
-    pad = batch - len(r)
-    p, y = run(meta_params, data, np.pad(r, (0, pad)), np.pad(s, (0, pad)))
-    target = np.asarray(y.target)[:len(r)]
-    probs.append(np.asarray(p)[:len(r)][target])
-    answers.append(np.asarray(y.answers)[:len(r)][target])
-    who.append(np.broadcast_to(r[:, None], target.shape)[target])
-  return np.concatenate(probs), np.concatenate(answers), np.concatenate(who)
+  rows, starts = np.asarray(rows, np.int32), np.asarray(starts, np.int32)
+  full = int(arrays.questions.shape[1])
+  widths = (np.full(len(rows), full) if needed is None else
+            length_buckets(needed, full, shortest))
+  order = np.argsort(widths, kind="stable")
+  per_task = [None] * len(rows)
+  bar = tqdm.tqdm(total=-(-len(rows) // batch), desc=desc, unit="batch",
+                  leave=False, disable=not progress)
+  carried = np.zeros(0, np.int64)
+  last = int(widths.max(initial=0))
+  for width in np.unique(widths):
+    tasks = np.concatenate([carried, order[widths[order] == width]])
+    end = len(tasks) if width == last else len(tasks) // batch * batch
+    tasks, carried = tasks[:end], tasks[end:]
+    data = (jax.device_put(arrays.questions[:, :width]),
+            jax.device_put(arrays.answers[:, :width]),
+            jax.device_put(arrays.lengths))
+    for i in range(0, len(tasks), batch):
+      index = tasks[i:i + batch]
+      pad = batch - len(index)
+      p, y = run(meta_params, data, np.pad(rows[index], (0, pad)),
+                 np.pad(starts[index], (0, pad)))
+      target = np.asarray(y.target)[:len(index)]
+      p, answers = np.asarray(p)[:len(index)], np.asarray(y.answers)
+      for j, task in enumerate(index):
+        per_task[task] = (p[j][target[j]], answers[j][target[j]])
+      bar.update()
+  bar.close()
+  probs = [p for p, _ in per_task]
+  return (np.concatenate(probs), np.concatenate([y for _, y in per_task]),
+          np.repeat(rows, [len(p) for p in probs]))
 
 
 def usual_protocol(learner: MetaLearner, meta_params,
@@ -245,12 +286,18 @@ def usual_protocol(learner: MetaLearner, meta_params,
   rows = [(r, s) for r, n in enumerate(arrays.lengths)
           for s in range(first_scored, int(n), every)]
   rows, starts = np.array(rows, np.int32).T
-  run = scorer(learner,
-               lambda q, a, n, s: sequences.online_task(q, a, n, s, every),
-               adapt)
-  p, y, _ = scored_predictions(run, meta_params, arrays, rows, starts, batch,
-                               desc, progress)
+  needed = np.minimum(arrays.lengths[rows], starts + every)
+  p, y, _ = scored_predictions(scorer(learner, _online_task(every), adapt),
+                               meta_params, arrays, rows, starts, batch,
+                               desc, progress, needed=needed)
   return binary_metrics(p, y)
+
+
+@functools.lru_cache(maxsize=None)
+def _online_task(every: int) -> Callable:
+  """`online_task` with re-adaptation every `every` answers; one object per
+  `every`, so that `scorer`'s cache knows it again."""
+  return functools.partial(sequences.online_task, every=every)
 
 
 def comparable_students(test: kt.Sequences, overlapping: Sequence[int], *,
@@ -295,7 +342,8 @@ def cold_start_predictions(learner: MetaLearner, meta_params,
   rows = np.arange(arrays.num_students, dtype=np.int32)
   return {k: scored_predictions(run, meta_params, arrays, rows,
                                 np.full_like(rows, k), batch,
-                                f"{desc} k={k}", progress)
+                                f"{desc} k={k}", progress,
+                                needed=arrays.lengths)
           for k in support_sizes}
 
 

@@ -164,9 +164,12 @@ class Config(harness.RunConfig):
                          choices=META_INITS)
   window: int = field(200, "Training sequences are cut into windows of "
                       "this many answers (all kept).")
-  hidden: int = field(100, "LSTM width (dkt); hidden and representation "
-                      "width of the neural process (np).")
-  embed_dim: int = field(64, "Embedding width (dkt, np).")
+  hidden: int = field(100, "LSTM width (dkt); width of the layer that "
+                      "mixes the history with the question (dkt, sakt); "
+                      "hidden and representation width of the neural "
+                      "process (np).")
+  embed_dim: int = field(64, "Embedding width (dkt, np); embedding and "
+                         "attention width (sakt).")
   personal_dim: int = field(8, "Width of the per-student profile.")
   online_every: int = field(
       0, "Usual protocol: re-adapt every this many answers (0: every answer "
