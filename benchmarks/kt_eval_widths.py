@@ -8,9 +8,10 @@ online_every=20)`, the README's DKT and SAKT setting) on `--students` test
 students of fold 1 drawn at random: a MAML learner of the experiment's
 `make_learner` (`--embed_dim=16 --hidden=64`, the README's Statics2011
 widths), randomly initialised, since the time does not depend on what was
-learned. Every task is scored either at the width of the longest student
-(what `scored_predictions` did before it had `needed`) or at the narrowest
-of `length_buckets`' widths that holds the positions it reads.
+learned, scoring `--batch` tasks a call. Every task is scored either at the
+width of the longest student (what `scored_predictions` did before it had
+`needed`) or at the narrowest of `length_buckets`' widths that holds the
+positions it reads.
 
 For each model, both ways are run once to compile, then `--rounds` times
 alternately in this one process; the table gives the median seconds of a
@@ -37,6 +38,9 @@ flags.DEFINE_integer("students", 300, "Test students drawn at random.")
 flags.DEFINE_integer("rounds", 3, "Timed passes of each way.")
 flags.DEFINE_list("models", ["dkt", "sakt"], "Student models to time.")
 flags.DEFINE_integer("every", 20, "Answers between re-adaptations.")
+flags.DEFINE_integer("batch", 64, "Tasks per compiled call (the README's "
+                     "SAKT runs use --eval_batch=64: 256 runs out of 24 GB "
+                     "at the whole width).")
 FLAGS = flags.FLAGS
 
 
@@ -70,7 +74,7 @@ def main(argv):
 
     def score(way):
       return kt_eval.scored_predictions(run, params, arrays, rows, starts,
-                                        256, needed=ways[way])
+                                        FLAGS.batch, needed=ways[way])
     out = {way: score(way) for way in ways}  # compiles every width
     times = {way: [] for way in ways}
     for _ in range(FLAGS.rounds):

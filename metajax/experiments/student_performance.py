@@ -131,8 +131,9 @@ class Config(harness.RunConfig):
       "dkt", "irt: multidimensional IRT; dkt: LSTM knowledge tracing; sakt: "
       "self-attentive knowledge tracing; each with a per-student ability "
       "and profile. The default, dkt, is the strongest measured in the "
-      "usual protocol on both ASSISTments 2009 and Statics2011 (README); in "
-      "cold start, IRT with MAML is as good or better on Statics2011.",
+      "usual protocol on both ASSISTments 2009 and Statics2011 (README), "
+      "and sakt is below it on Statics2011 in every protocol; in cold "
+      "start, IRT with MAML is as good or better on Statics2011.",
       choices=MODELS)
   # "np" is opt-in: with an IRT model it takes most of a run's time (its
   # encoder reads every answer; IRT's adaptation is a few numbers), and the
@@ -177,8 +178,11 @@ class Config(harness.RunConfig):
       "sequence).", rerun_may_change=True)
   num_heads: int = field(4, "Attention heads of sakt (dividing "
                          "--embed_dim).")
-  eval_batch: int = field(256, "Test tasks per compiled evaluation call.",
-                          rerun_may_change=True)
+  eval_batch: int = field(
+      256, "Tasks per compiled evaluation call. Memory grows with it: sakt's "
+      "attention holds eval_batch x num_heads x width^2 floats, 5 GB at 256 "
+      "tasks, 4 heads and the 1,146 answers of ASSISTments 2009's longest "
+      "student; 64 fits easily in 24 GB.", rerun_may_change=True)
   bootstrap: int = field(1000, "Bootstrap replicates of the cold-start "
                          "intervals.", rerun_may_change=True)
   checkpoint_every: int = harness.checkpoint_every_field(500)
