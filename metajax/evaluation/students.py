@@ -220,8 +220,9 @@ def scored_predictions(run: Callable, meta_params, arrays, rows, starts,
   which changes nothing for a causal model: what is scored at a position
   reads only earlier ones. Every call is a full batch of `[batch, width]`
   sequences: a width's tasks that do not fill a batch move on to the next
-  width, and only the widest width's last batch is padded, so each width
-  compiles once and no call is mostly padding.
+  width, and only the widest width's last batch is padded (as every last
+  batch was before), so each width compiles once and at most one call
+  holds padding.
 
   Returns:
     (probabilities, answers, student rows), each `[scored answers]`, in the
