@@ -21,7 +21,6 @@ causal).
 """
 
 import dataclasses
-import functools
 import time
 
 from absl import app
@@ -54,9 +53,7 @@ def main(argv):
                               replace=False))
   arrays = sequences.pack(data.test.select(list(chosen)))
   every = FLAGS.every
-  rows, starts = np.array([(r, s) for r, n in enumerate(arrays.lengths)
-                           for s in range(0, int(n), every)], np.int32).T
-  needed = np.minimum(arrays.lengths[rows], starts + every)
+  rows, starts, needed = kt_eval.online_blocks(arrays.lengths, every)
   width = arrays.questions.shape[1]
   print(f"{FLAGS.dataset}: {len(chosen)} test students, {len(rows)} tasks, "
         f"longest {width} answers, median {int(np.median(arrays.lengths))}; "
@@ -68,8 +65,7 @@ def main(argv):
     learner = sp.make_learner(dataclasses.replace(config, model=name),
                               "maml", data.num_questions)
     params = learner.init(jax.random.PRNGKey(0))
-    run = kt_eval.scorer(
-        learner, functools.partial(sequences.online_task, every=every), True)
+    run = kt_eval.scorer(learner, kt_eval.online_block_task(every), True)
     ways = {"whole": None, "narrow": needed}
 
     def score(way):

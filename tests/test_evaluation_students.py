@@ -158,6 +158,15 @@ def test_comparable_students_follow_pykts_rules():
   np.testing.assert_array_equal(windows.questions[1], test[0][0][200:400])
 
 
+def test_online_blocks_cut_each_student_from_the_first_scored_position():
+  from metajax.evaluation import students as kt_eval
+  rows, starts, needed = kt_eval.online_blocks(np.array([3, 7, 1]), 5, 1)
+  # Student 2 has nothing after its first answer, so no block.
+  np.testing.assert_array_equal(rows, [0, 1, 1])
+  np.testing.assert_array_equal(starts, [1, 1, 6])
+  np.testing.assert_array_equal(needed, [3, 6, 7])
+
+
 def test_length_buckets_are_doublings_of_the_shortest_capped_at_the_width():
   from metajax.evaluation.students import length_buckets
   np.testing.assert_array_equal(
@@ -183,11 +192,9 @@ def test_narrower_widths_score_as_the_whole_width(sequence):
                                sequence=sequence), 40, lr=0.5)
   params = learner.init(jax.random.PRNGKey(1))
   every = 5
-  rows, starts = np.array([(r, s) for r, n in enumerate(lengths)
-                           for s in range(0, n, every)], np.int32).T
+  rows, starts, needed = kt_eval.online_blocks(lengths, every)
   for make_task, needed in [
-      (kt_eval._online_task(every),
-       np.minimum(lengths[rows], starts + every)),
+      (kt_eval.online_block_task(every), needed),
       (sequences.cold_start_task, lengths[rows])]:
     run = kt_eval.scorer(learner, make_task, True)
     whole = kt_eval.scored_predictions(run, params, arrays, rows, starts, 4)

@@ -282,22 +282,40 @@ def usual_protocol(learner: MetaLearner, meta_params,
   Returns:
     `binary_metrics` of every scored answer.
   """
-  length = int(arrays.questions.shape[1])
-  every = online_every if adapt else length
-  rows = [(r, s) for r, n in enumerate(arrays.lengths)
-          for s in range(first_scored, int(n), every)]
-  rows, starts = np.array(rows, np.int32).T
-  needed = np.minimum(arrays.lengths[rows], starts + every)
-  p, y, _ = scored_predictions(scorer(learner, _online_task(every), adapt),
+  every = online_every if adapt else int(arrays.questions.shape[1])
+  rows, starts, needed = online_blocks(arrays.lengths, every, first_scored)
+  p, y, _ = scored_predictions(scorer(learner, online_block_task(every), adapt),
                                meta_params, arrays, rows, starts, batch,
                                desc, progress, needed=needed)
   return binary_metrics(p, y)
 
 
+def online_blocks(lengths, every: int, first_scored: int = 0
+                  ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The usual protocol's tasks: each student cut into blocks of `every`.
+
+  Args:
+    lengths: int `[students]`, answers per student.
+    every: answers per block (between re-adaptations).
+    first_scored: the position the first block starts at.
+
+  Returns:
+    `(rows, starts, needed)`, each int `[tasks]`: the student, the first
+    position the block scores, and the positions the task reads (its
+    history and the block), for `scored_predictions`.
+  """
+  lengths = np.asarray(lengths)
+  rows, starts = np.array([(r, s) for r, n in enumerate(lengths)
+                           for s in range(first_scored, int(n), every)],
+                          np.int32).reshape(-1, 2).T
+  return rows, starts, np.minimum(lengths[rows], starts + every)
+
+
 @functools.lru_cache(maxsize=None)
-def _online_task(every: int) -> Callable:
-  """`online_task` with re-adaptation every `every` answers; one object per
-  `every`, so that `scorer`'s cache knows it again."""
+def online_block_task(every: int) -> Callable:
+  """`sequences.online_task` with re-adaptation every `every` answers, the
+  task maker of `online_blocks`' tasks; one object per `every`, so that
+  `scorer`'s cache knows it again."""
   return functools.partial(sequences.online_task, every=every)
 
 
