@@ -1,6 +1,8 @@
 """Shared fixtures: float64 switching and a tiny smooth regression problem."""
 
 import os
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,33 @@ import synthetic
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_XLA_CACHE = "METAJAX_TEST_XLA_CACHE"
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache for the whole test run.
+
+  Many tests compile what an earlier test (or the first half of a resume or
+  rerun test) already compiled, and on the CPU compiling is most of their
+  time. The first process makes the folder; pytest-xdist's workers, started
+  later, inherit its path. `METAJAX_TEST_XLA_CACHE=folder` uses (and keeps)
+  that folder instead, and an empty value turns the cache off. Not for a
+  user's runs: experiments take `--compilation_cache`.
+  """
+  del config
+  if _XLA_CACHE not in os.environ:
+    os.environ[_XLA_CACHE] = tempfile.mkdtemp(prefix="metajax_xla_")
+    os.environ[_XLA_CACHE + "_OWNER"] = str(os.getpid())
+  if not os.environ[_XLA_CACHE]:
+    return
+  jax.config.update("jax_compilation_cache_dir", os.environ[_XLA_CACHE])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def pytest_unconfigure(config):
+  del config
+  if os.environ.get(_XLA_CACHE + "_OWNER") == str(os.getpid()):
+    shutil.rmtree(os.environ.pop(_XLA_CACHE), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -132,8 +132,9 @@ class Config(harness.RunConfig):
       "self-attentive knowledge tracing; each with a per-student ability "
       "and profile. The default, dkt, is the strongest measured in the "
       "usual protocol on both ASSISTments 2009 and Statics2011 (README), "
-      "and sakt is below it on Statics2011 in every protocol; in cold "
-      "start, IRT with MAML is as good or better on Statics2011.",
+      "and sakt is below it on both in the usual and comparable "
+      "protocols; in cold start, IRT with MAML is as good or better on "
+      "Statics2011.",
       choices=MODELS)
   # "np" is opt-in: with an IRT model it takes most of a run's time (its
   # encoder reads every answer; IRT's adaptation is a few numbers), and the
