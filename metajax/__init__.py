@@ -8,6 +8,7 @@ The public API, re-exported. Importing it loads neither the data loaders
 from metajax import algorithms
 from metajax import checkpoint
 from metajax import evaluation
+from metajax import implicit
 from metajax import models
 from metajax import sharding
 from metajax import summary
@@ -21,6 +22,8 @@ from metajax.checkpoint import restore_params
 from metajax.checkpoint import restore_state
 from metajax.evaluation import evaluate
 from metajax.evaluation import mean_ci
+from metajax.implicit import implicit_solution
+from metajax.inner import InnerAux
 from metajax.inner import adapt
 from metajax.inner import check_scalar_loss
 from metajax.inner import combine

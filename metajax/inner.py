@@ -13,6 +13,13 @@ Everything in the MAML family is an option of the one loop written here:
   rate (the LSLR of MAML++, Antoniou et al., 2019);
 * `step_weights`: the MAML++ multi-step loss, a weighted sum of the query loss
   after every inner step;
+* `optimizer`: any optax `GradientTransformation` in place of plain gradient
+  descent (momentum, Adam, clipping, chains of them), its state carried
+  through the scan and differentiated through exactly like the parameters;
+  `hyperparams` overrides the numbers an `optax.inject_hyperparams`
+  optimiser holds in its state, so the outer loop can learn them;
+* `has_aux=True`: `loss_fn` returns `(loss, aux)`, and the aux of every step
+  comes back stacked (metrics, or model state such as batch statistics);
 * `remat=True`: `jax.checkpoint` around each step and around equal segments of
   about sqrt(steps) steps (`_checkpointed_scan`), so the backward pass holds
   the activations of one step at a time and about 2 sqrt(steps) sets of
@@ -23,11 +30,12 @@ A `loss_fn(params, batch) -> scalar` is all the loop needs to know of the model.
 """
 
 import functools
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from metajax import tasks as tasks_lib
 from metajax.types import Params
@@ -64,16 +72,25 @@ def check_step_weights(step_weights: Sequence[float], steps: int) -> None:
         f"({steps},)), got shape {shape}.")
 
 
-def check_scalar_loss(loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
+def check_scalar_loss(loss_fn: LossFn, params: PyTree, batch: PyTree,
+                      has_aux: bool = False) -> None:
   """Raises a ValueError unless `loss_fn(params, batch)` is a real scalar.
 
-  Only shapes are traced (`jax.eval_shape`): no computation runs.
+  With `has_aux`, it must be a pair `(scalar, aux)`. Only shapes are traced
+  (`jax.eval_shape`): no computation runs.
   """
   out = jax.eval_shape(loss_fn, params, batch)
+  if has_aux:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+      raise ValueError(
+          f"with has_aux=True, loss_fn must return a pair (loss, aux), but "
+          f"it returned {type(out).__name__}: {out}.")
+    out = out[0]
   if not isinstance(out, jax.ShapeDtypeStruct):
     raise ValueError(
         f"loss_fn must return a scalar array, but it returned a "
-        f"{type(out).__name__}: {out}. Return auxiliary values elsewhere.")
+        f"{type(out).__name__}: {out}. Return auxiliary values as "
+        f"(loss, aux) with has_aux=True.")
   if out.shape != ():
     raise ValueError(
         f"loss_fn must return a scalar, but it returned shape {out.shape} "
@@ -384,113 +401,269 @@ def _checkpointed_scan(f: Callable, carry: PyTree, xs: Optional[PyTree],
   return carry, jax.tree.map(lambda y: y.reshape(length, *y.shape[2:]), ys)
 
 
+def check_optimizer(optimizer, lr, per_step_lr: bool,
+                    hyperparams=None) -> None:
+  """Raises unless exactly one of `lr` and `optimizer` is given, and the
+  options that go with each are consistent."""
+  if optimizer is None:
+    if lr is None:
+      raise ValueError("give the inner loop a learning rate lr (gradient "
+                       "descent) or an optax optimizer; got neither.")
+    if hyperparams is not None:
+      raise ValueError("hyperparams override an optax.inject_hyperparams "
+                       "optimizer's values; they need optimizer=..., not lr.")
+    return
+  if lr is not None:
+    raise ValueError(
+        "give the inner loop either lr (gradient descent) or an optax "
+        "optimizer, not both: the optimizer's own learning rate applies "
+        "(optax.sgd(lr) is gradient descent).")
+  if per_step_lr:
+    raise ValueError("per_step_lr schedules gradient descent's lr; with an "
+                     "optax optimizer, give it a schedule instead.")
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise TypeError(
+        f"optimizer must be an optax GradientTransformation (e.g. "
+        f"optax.adam(1e-2)), got {type(optimizer).__name__}.")
+
+
+def _held_hyperparams(state) -> dict:
+  """The hyper-parameters an `optax.inject_hyperparams` state holds."""
+  held = getattr(state, "hyperparams", None)
+  if not isinstance(held, dict):
+    raise ValueError(
+        "hyperparams need an optimizer made by optax.inject_hyperparams "
+        "(e.g. optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)), "
+        "whose state holds its hyper-parameters; this optimizer's state is "
+        f"a {type(state).__name__}.")
+  return held
+
+
+def _with_hyperparams(state, hyperparams: Optional[dict]):
+  """`state` of an `optax.inject_hyperparams` optimiser with `hyperparams`
+  in place of the values it was built with (which may be traced)."""
+  if hyperparams is None:
+    return state
+  held = _held_hyperparams(state)
+  unknown = sorted(set(hyperparams) - set(held))
+  if unknown:
+    raise ValueError(
+        f"hyperparams {unknown} are not hyper-parameters of the optimizer; "
+        f"it has {sorted(held)}.")
+  values = {k: jnp.asarray(v, jnp.result_type(held[k]))
+            for k, v in hyperparams.items()}
+  return state._replace(hyperparams={**held, **values})
+
+
+def inject_hyperparams_values(optimizer: optax.GradientTransformation,
+                              params: PyTree) -> dict:
+  """The numeric hyper-parameters an `inject_hyperparams` optimiser holds.
+
+  What a learner can meta-learn: the same dict, as arrays, passed back to
+  `adapt(..., hyperparams=)`.
+
+  Args:
+    optimizer: made by `optax.inject_hyperparams`.
+    params: parameters of the structure the optimiser will adapt.
+
+  Returns:
+    `{name: float array}` of its floating-point hyper-parameters.
+  """
+  held = _held_hyperparams(optimizer.init(params))
+  return {k: v for k, v in held.items()
+          if jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)}
+
+
 def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
-         query: Optional[PyTree], *, steps: int, lr: LearningRate,
-         first_order: bool, mask: Optional[PyTree], per_step_lr: bool,
-         remat: bool, query_every_step: bool):
-  """Runs the inner loop; returns (adapted params, query losses per step)."""
+         query: Optional[PyTree], *, steps: int, lr: Optional[LearningRate],
+         optimizer: Optional[optax.GradientTransformation],
+         hyperparams: Optional[dict], first_order: bool,
+         mask: Optional[PyTree], per_step_lr: bool, remat: bool,
+         query_every_step: bool, has_aux: bool):
+  """Runs the inner loop.
+
+  Returns:
+    `(adapted params, query losses per step or None, support aux per step
+    or None, query aux per step or None)`.
+  """
   steps = check_steps(steps)
-  check_scalar_loss(loss_fn, params, support)
+  check_optimizer(optimizer, lr, per_step_lr, hyperparams)
+  check_scalar_loss(loss_fn, params, support, has_aux)
   adapted, frozen = partition(params, mask)
-  lrs = _lr_tree(lr, adapted, steps, per_step_lr)
 
   def support_loss(a):
     return loss_fn(combine(a, frozen), support)
 
-  def step(a, step_lrs):
-    grads = jax.grad(support_loss)(a)
+  def query_loss(a):
+    out = loss_fn(combine(a, frozen), query)
+    return (out[0], out[1]) if has_aux else (out, None)
+
+  def gradient(a):
+    if has_aux:
+      grads, aux = jax.grad(support_loss, has_aux=True)(a)
+    else:
+      grads, aux = jax.grad(support_loss)(a), None
     if first_order:
       grads = jax.lax.stop_gradient(grads)
-    a = jax.tree.map(lambda p, g, l: (p - l * g).astype(p.dtype), a, grads,
-                     step_lrs)
-    q = loss_fn(combine(a, frozen), query) if query_every_step else None
-    return a, q
+    return grads, aux
+
+  def outputs(a, aux):
+    q, q_aux = query_loss(a) if query_every_step else (None, None)
+    return q, aux, q_aux
 
   scan = _checkpointed_scan if remat else jax.lax.scan
-  if per_step_lr:
-    adapted, q_losses = scan(step, adapted, lrs, length=steps)
+  if optimizer is None:
+    lrs = _lr_tree(lr, adapted, steps, per_step_lr)
+
+    def sgd_step(a, step_lrs):
+      grads, aux = gradient(a)
+      a = jax.tree.map(lambda p, g, l: (p - l * g).astype(p.dtype), a, grads,
+                       step_lrs)
+      return a, outputs(a, aux)
+
+    if per_step_lr:
+      adapted, ys = scan(sgd_step, adapted, lrs, length=steps)
+    else:
+      adapted, ys = scan(lambda a, _: sgd_step(a, lrs), adapted, None,
+                         length=steps)
   else:
-    adapted, q_losses = scan(lambda a, _: step(a, lrs), adapted, None,
-                             length=steps)
-  return combine(adapted, frozen), q_losses
+    def optax_step(carry, _):
+      a, state = carry
+      grads, aux = gradient(a)
+      updates, state = optimizer.update(grads, state, a)
+      a = optax.apply_updates(a, updates)
+      return (a, state), outputs(a, aux)
+
+    state = _with_hyperparams(optimizer.init(adapted), hyperparams)
+    (adapted, _), ys = scan(optax_step, (adapted, state), None, length=steps)
+  q_losses, support_aux, query_aux = ys
+  return combine(adapted, frozen), q_losses, support_aux, query_aux
 
 
 def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
-          lr: LearningRate, first_order: bool = False,
+          lr: Optional[LearningRate] = None,
+          optimizer: Optional[optax.GradientTransformation] = None,
+          hyperparams: Optional[dict] = None, first_order: bool = False,
           mask: Optional[PyTree] = None, per_step_lr: bool = False,
-          remat: bool = False) -> PyTree:
-  """Adapts `params` to `batch` with `steps` steps of gradient descent.
+          remat: bool = False, has_aux: bool = False):
+  """Adapts `params` to `batch` with `steps` steps of an inner optimiser.
 
-  `theta_{t+1} = theta_t - lr_t * grad(loss_fn)(theta_t, batch)`, written as a
-  `lax.scan`, so it is differentiable (exactly, to all orders) and jit-able.
+  Gradient descent, `theta_{t+1} = theta_t - lr_t * grad(loss_fn)(theta_t,
+  batch)`, or the steps of an optax `optimizer`, written as a `lax.scan`, so
+  it is differentiable (exactly, to all orders) and jit-able.
 
   Args:
-    loss_fn: `loss_fn(params, batch) -> scalar`.
+    loss_fn: `loss_fn(params, batch) -> scalar`, or `-> (scalar, aux)` with
+      `has_aux`.
     params: PyTree of parameters (e.g. flax `variables`).
     batch: whatever `loss_fn` takes, e.g. `(x [n, ...], y [n, ...])`.
     steps: number of inner steps, a Python int >= 0.
-    lr: a scalar, or a PyTree with the structure of `params` whose leaves
-      broadcast against each parameter (Meta-SGD; when `params` is a single
-      array, `lr` is a single array broadcasting against it). With
-      `per_step_lr`, every leaf (or the scalar) has a leading axis of length
-      `steps`. Python and numpy rates must be finite.
+    lr: gradient descent's rate: a scalar, or a PyTree with the structure of
+      `params` whose leaves broadcast against each parameter (Meta-SGD; when
+      `params` is a single array, `lr` is a single array broadcasting
+      against it). With `per_step_lr`, every leaf (or the scalar) has a
+      leading axis of length `steps`. Python and numpy rates must be finite.
+      Give `lr` or `optimizer`, not both.
+    optimizer: an optax `GradientTransformation` to take the steps instead
+      (e.g. `optax.adam(1e-2)`, `optax.chain(optax.clip(1.0),
+      optax.sgd(0.1, momentum=0.9))`); its state starts from
+      `optimizer.init` of the adapted parameters at every call. Its
+      hyper-parameters may be traced values (`optax.adam(meta["lr"])`), so
+      a caller can differentiate through them.
+    hyperparams: with an `optax.inject_hyperparams` optimizer, values that
+      replace the hyper-parameters it holds (`{"learning_rate": x}`), e.g.
+      meta-learned ones; see `inject_hyperparams_values`.
     first_order: stop gradients through the inner gradient (FOMAML).
     mask: optional PyTree of bools with the structure of `params`, one per
       parameter array; only leaves marked True are adapted (ANIL). Leaves are
       Python bools or concrete numpy / jnp boolean scalars, never traced
       values: the mask fixes what is traced (see `check_mask`). Leaves of
-      `lr` where the mask is False are ignored.
+      `lr` where the mask is False are ignored; the optimizer sees only the
+      adapted leaves.
     per_step_lr: whether `lr` has a leading per-step axis (MAML++ LSLR).
     remat: rematerialise the inner steps in the backward pass, which then
-      holds about 2 sqrt(steps) sets of parameters instead of every step's
-      activations, for up to two more forward runs of every step.
+      holds about 2 sqrt(steps) sets of parameters (and optimizer states)
+      instead of every step's activations, for up to two more forward runs
+      of every step.
+    has_aux: `loss_fn` returns `(loss, aux)`.
 
   Returns:
-    The adapted parameters, a PyTree with the structure and dtypes of `params`.
+    The adapted parameters, a PyTree with the structure and dtypes of
+    `params`; with `has_aux`, `(adapted, aux)` where `aux` is the support
+    set's aux at every step, leaves `[steps, ...]` (step t's aux is computed
+    at the parameters before step t's update).
   """
-  adapted, _ = _run(loss_fn, params, batch, None, steps=steps, lr=lr,
-                    first_order=first_order, mask=mask,
-                    per_step_lr=per_step_lr, remat=remat,
-                    query_every_step=False)
-  return adapted
+  adapted, _, support_aux, _ = _run(
+      loss_fn, params, batch, None, steps=steps, lr=lr, optimizer=optimizer,
+      hyperparams=hyperparams, first_order=first_order, mask=mask,
+      per_step_lr=per_step_lr, remat=remat, query_every_step=False,
+      has_aux=has_aux)
+  return (adapted, support_aux) if has_aux else adapted
+
+
+class InnerAux(NamedTuple):
+  """`maml_loss`'s auxiliary outputs with `has_aux=True`.
+
+  Attributes:
+    support: the support set's aux at every inner step, leaves
+      `[steps, ...]`, each at the parameters before that step's update.
+    query: the query set's aux at the adapted parameters; with
+      `step_weights`, after every step, leaves `[steps, ...]`.
+  """
+  support: PyTree
+  query: PyTree
 
 
 def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
-              steps: int, lr: LearningRate, first_order: bool = False,
+              steps: int, lr: Optional[LearningRate] = None,
+              optimizer: Optional[optax.GradientTransformation] = None,
+              hyperparams: Optional[dict] = None, first_order: bool = False,
               mask: Optional[PyTree] = None, per_step_lr: bool = False,
               remat: bool = False,
               step_weights: Optional[Sequence[float]] = None,
-              return_adapted: bool = False):
+              has_aux: bool = False, return_adapted: bool = False):
   """Query loss of one task after adapting on its support set.
 
   `jax.grad(maml_loss, argnums=1)` is the exact MAML meta-gradient (second
   order unless `first_order`). Vmap it over a batch of tasks and average for
-  the meta-objective; learned learning rates get gradients when `lr` is passed
-  in as part of what is differentiated.
+  the meta-objective; learned learning rates (or optimiser
+  hyper-parameters) get gradients when they are passed in as part of what is
+  differentiated.
 
   Args:
-    loss_fn: `loss_fn(params, batch) -> scalar`, used on both sets.
+    loss_fn: `loss_fn(params, batch) -> scalar` (or `(scalar, aux)` with
+      `has_aux`), used on both sets.
     params: PyTree of meta-parameters (the initialisation).
     task: a `Task(support, query)` of one task (no task axis).
-    steps, lr, first_order, mask, per_step_lr, remat: as in `adapt`.
+    steps, lr, optimizer, hyperparams: as in `adapt`.
+    first_order, mask, per_step_lr, remat, has_aux: as in `adapt`.
     step_weights: optional sequence of `steps` weights for the MAML++ multi-step
       loss `sum_t w_t * L_query(theta_t)`, t = 1..steps. By default only the
       final query loss counts.
+    return_adapted: also return the adapted parameters.
 
   Returns:
-    Scalar query loss (dtype of `loss_fn`'s output).
+    The scalar query loss (dtype of `loss_fn`'s output); with `has_aux`,
+    `(loss, InnerAux)`; with `return_adapted`, the adapted parameters come
+    last: `(loss, adapted)` or `(loss, InnerAux, adapted)`.
   """
   tasks_lib.validate_task(task)
   run = functools.partial(
       _run, loss_fn, params, task.support, task.query, steps=steps, lr=lr,
-      first_order=first_order, mask=mask, per_step_lr=per_step_lr,
-      remat=remat)
+      optimizer=optimizer, hyperparams=hyperparams, first_order=first_order,
+      mask=mask, per_step_lr=per_step_lr, remat=remat, has_aux=has_aux)
   if step_weights is None:
-    adapted, _ = run(query_every_step=False)
-    loss = loss_fn(adapted, task.query)
+    adapted, _, support_aux, _ = run(query_every_step=False)
+    out = loss_fn(adapted, task.query)
+    loss, query_aux = out if has_aux else (out, None)
   else:
     check_step_weights(step_weights, steps)
     weights = jnp.asarray(step_weights)
-    adapted, q_losses = run(query_every_step=True)
+    adapted, q_losses, support_aux, query_aux = run(query_every_step=True)
     loss = jnp.sum(weights.astype(q_losses.dtype) * q_losses)
-  return (loss, adapted) if return_adapted else loss
+  result = (loss,)
+  if has_aux:
+    result += (InnerAux(support_aux, query_aux),)
+  if return_adapted:
+    result += (adapted,)
+  return result if len(result) > 1 else loss

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import metajax
@@ -292,3 +293,60 @@ def test_bad_options_are_rejected_when_the_learner_is_built():
   with pytest.raises(TypeError, match=r"lr must be a real number, got ndarray "
                      r"shape \(2,\)"):
     _learner(algorithms.meta_sgd, lr=np.array([0.1, 0.2]))
+
+
+# An optax optimiser in the inner loop.
+
+def test_maml_with_an_adam_inner_loop_is_maml_loss_with_that_optimizer():
+  opt = optax.adam(0.05)
+  learner = _learner(steps=3, inner_optimizer=opt)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  assert set(meta_params) == {"params"}
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 4)
+  grads, metrics = learner.meta_grad(meta_params, tasks, None)
+  loss_fn = algorithms.supervised_loss(tiny_mlp, mse)
+  per_task = [jax.tree.map(lambda x: x[i], tasks) for i in range(4)]
+  expected = jax.tree.map(lambda *g: sum(g) / 4, *[
+      jax.grad(lambda p: metajax.maml_loss(loss_fn, p, t, steps=3,
+                                           optimizer=opt))(
+          meta_params["params"]) for t in per_task])
+  chex.assert_trees_all_close(grads["params"], expected, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(
+      learner.adapt(meta_params, per_task[0].support),
+      metajax.adapt(loss_fn, meta_params["params"], per_task[0].support,
+                    steps=3, optimizer=opt))
+
+
+def test_learned_inner_hyperparams_are_meta_parameters_and_train():
+  opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.05, momentum=0.5)
+  learner = _learner(steps=3, inner_optimizer=opt, learn_hyperparams=True)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  assert set(meta_params["hyperparams"]) == {"learning_rate", "momentum"}
+  np.testing.assert_allclose(meta_params["hyperparams"]["learning_rate"],
+                             0.05)
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 8)
+  grads, _ = learner.meta_grad(meta_params, tasks, None)
+  assert all(float(jnp.abs(g)) > 0
+             for g in jax.tree.leaves(grads["hyperparams"]))
+  # A few outer steps on the rate alone lower the post-adaptation loss.
+  state = meta_params
+  for _ in range(20):
+    grads, metrics = learner.meta_grad(state, tasks, None)
+    state = dict(state, hyperparams=jax.tree.map(
+        lambda h, g: h - 0.01 * g, state["hyperparams"], grads["hyperparams"]))
+  assert float(learner.meta_grad(state, tasks, None)[1]["loss"]) < float(
+      learner.meta_grad(meta_params, tasks, None)[1]["loss"])
+
+
+def test_inner_optimizer_options_that_conflict_are_named():
+  with pytest.raises(ValueError, match="either lr .* not both"):
+    _learner(lr=0.1, inner_optimizer=optax.sgd(0.1))
+  with pytest.raises(ValueError, match="learn_lr='per_param' learns gradient "
+                     "descent's rates; with an inner_optimizer, use "
+                     "learn_hyperparams"):
+    _learner(algorithms.meta_sgd, inner_optimizer=optax.sgd(0.1))
+  with pytest.raises(ValueError, match="learn_hyperparams .* there is none"):
+    _learner(learn_hyperparams=True)
+  with pytest.raises(ValueError, match="optax.inject_hyperparams"):
+    _learner(inner_optimizer=optax.adam(0.1),
+             learn_hyperparams=True).init(jax.random.PRNGKey(0))

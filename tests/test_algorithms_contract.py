@@ -22,6 +22,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import metajax
@@ -110,6 +111,10 @@ LEARNERS = {
     "anil": _regression(algorithms.anil),
     "meta_sgd": _regression(algorithms.meta_sgd),
     "maml_plus_plus": _regression(algorithms.maml_plus_plus),
+    "maml_adam": Case(lambda: algorithms.maml(
+        tiny_mlp_params, tiny_mlp, algorithms.mse, steps=2,
+        inner_optimizer=optax.adam(0.05)), _curves, (1,), True),
+    "imaml": _regression(algorithms.imaml),
     "reptile": _regression(algorithms.reptile,
                            metrics=lambda p, y: {"mse": algorithms.mse(p, y)}),
     "joint": _regression(algorithms.joint),

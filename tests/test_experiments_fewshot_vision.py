@@ -277,6 +277,10 @@ def test_episodes_that_cannot_be_drawn_are_refused_before_training(
     ("outer_lr", 0.0, "outer_lr must be a finite learning rate > 0"),
     ("inner_lr", -0.4, "inner_lr must be a finite learning rate > 0"),
     ("outer_lr", float("nan"), "outer_lr must be a finite learning rate"),
+    ("imaml_reg", 0.0, "imaml_reg must be finite and > 0, got 0.0"),
+    ("cg_steps", 0, "cg_steps must be >= 1"),
+    ("inner_optimizer", "adam", "inner_optimizer='adam' is for maml, fomaml, "
+     "anil and imaml; protonet takes gradient descent steps"),
 ])
 def test_bad_flags_are_named_before_any_work(field, value, message):
   with pytest.raises(ValueError, match=message):

@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import metajax
@@ -419,3 +420,202 @@ def test_non_finite_host_learning_rates_are_named():
   with pytest.raises(ValueError, match=r"lr\['head'\]\['w'\] must be finite, "
                      r"but 1 of its 6 values are not"):
     metajax.maml_loss(tiny_loss, params, task, steps=1, lr=lrs)
+
+
+# Optax optimisers in the inner loop.
+
+def _momentum_by_hand(params, batch, steps, lr, decay):
+  """Heavy-ball SGD as optax.sgd(lr, momentum=decay) defines it, unrolled."""
+  trace = jax.tree.map(jnp.zeros_like, params)
+  for _ in range(steps):
+    g = jax.grad(tiny_loss)(params, batch)
+    trace = jax.tree.map(lambda t, g: g + decay * t, trace, g)
+    params = jax.tree.map(lambda p, t: p - lr * t, params, trace)
+  return params
+
+
+def _adam_by_hand(params, batch, steps, lr, b1=0.9, b2=0.999, eps=1e-8):
+  """Adam (Kingma & Ba, 2015) with bias correction, unrolled."""
+  m = jax.tree.map(jnp.zeros_like, params)
+  v = jax.tree.map(jnp.zeros_like, params)
+  for t in range(1, steps + 1):
+    g = jax.grad(tiny_loss)(params, batch)
+    m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, m, g)
+    v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
+    params = jax.tree.map(
+        lambda p, m, v: p - lr * (m / (1 - b1 ** t)) /
+        (jnp.sqrt(v / (1 - b2 ** t)) + eps), params, m, v)
+  return params
+
+
+_BY_HAND = {
+    "momentum": (lambda: optax.sgd(0.2, momentum=0.8),
+                 functools.partial(_momentum_by_hand, lr=0.2, decay=0.8)),
+    "adam": (lambda: optax.adam(0.05),
+             functools.partial(_adam_by_hand, lr=0.05)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BY_HAND))
+@pytest.mark.parametrize("remat", [False, True])
+def test_optax_inner_loop_is_the_hand_unrolled_one_and_exact(x64, name,
+                                                               remat):
+  """Momentum and Adam: the scanned loop equals the unrolled reference in
+  adapted parameters and meta-gradient, and the meta-gradient matches
+  finite differences, with remat or without."""
+  make, by_hand = _BY_HAND[name]
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  steps = 5  # remat: checkpointed one by one (prime)
+  chex.assert_trees_all_close(
+      metajax.adapt(tiny_loss, params, task.support, steps=steps,
+                    optimizer=make(), remat=remat),
+      by_hand(params, task.support, steps), rtol=1e-12)
+  f = lambda p: metajax.maml_loss(tiny_loss, p, task, steps=steps,
+                                  optimizer=make(), remat=remat)
+  reference = lambda p: tiny_loss(by_hand(p, task.support, steps),
+                                  task.query)
+  chex.assert_trees_all_close(jax.grad(f)(params), jax.grad(reference)(params),
+                              rtol=1e-10)
+  assert _directional_check(f, params, jax.random.PRNGKey(2)) <= 1e-6
+
+
+def test_optax_inner_loop_with_a_mask_adapts_only_the_head(x64):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  mask = metajax.mask_by_path(params, lambda path: path.startswith("head"))
+  opt = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(0.05))
+  adapted = metajax.adapt(tiny_loss, params, task.support, steps=3,
+                          optimizer=opt, mask=mask)
+  chex.assert_trees_all_equal(adapted["body"], params["body"])
+
+  def head_only(head):  # The same loop, written on the head alone.
+    loss = lambda h, b: tiny_loss(dict(params, head=h), b)
+    return metajax.adapt(loss, head, task.support, steps=3, optimizer=opt)
+  chex.assert_trees_all_close(adapted["head"], head_only(params["head"]),
+                              rtol=1e-12)
+  f = lambda p: metajax.maml_loss(tiny_loss, p, task, steps=3, optimizer=opt,
+                                  mask=mask)
+  assert float(jnp.abs(jax.grad(f)(params)["body"]["w"]).max()) > 0
+  assert _directional_check(f, params, jax.random.PRNGKey(2)) <= 1e-6
+
+
+def test_optax_sgd_is_gradient_descent(x64):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  by_lr = lambda p: metajax.maml_loss(tiny_loss, p, task, steps=3, lr=0.3)
+  by_optax = lambda p: metajax.maml_loss(tiny_loss, p, task, steps=3,
+                                         optimizer=optax.sgd(0.3))
+  np.testing.assert_allclose(by_optax(params), by_lr(params), rtol=1e-12)
+  chex.assert_trees_all_close(jax.grad(by_optax)(params),
+                              jax.grad(by_lr)(params), rtol=1e-12)
+
+
+def test_injected_hyperparams_get_exact_meta_gradients(x64):
+  """What `optax.inject_hyperparams` holds can be overridden and learned."""
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.5)
+  hyper = {"learning_rate": jnp.float64(0.2), "momentum": jnp.float64(0.8)}
+  f = lambda h: metajax.maml_loss(tiny_loss, params, task, steps=4,
+                                  optimizer=opt, hyperparams=h)
+  # Overriding equals building the optimiser with those values.
+  np.testing.assert_allclose(
+      f(hyper), metajax.maml_loss(tiny_loss, params, task, steps=4,
+                                  optimizer=optax.sgd(0.2, momentum=0.8)),
+      rtol=1e-12)
+  g = jax.grad(f)(hyper)
+  assert all(float(jnp.abs(x)) > 0 for x in jax.tree.leaves(g))
+  assert _directional_check(f, hyper, jax.random.PRNGKey(3)) <= 1e-6
+  assert set(metajax.inner.inject_hyperparams_values(opt, params)) == {
+      "learning_rate", "momentum"}
+
+
+def test_vmapped_optax_loop_equals_a_python_loop():
+  params = tiny_mlp_params(jax.random.PRNGKey(0))
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 4)
+  f = functools.partial(metajax.maml_loss, tiny_loss, steps=3,
+                        optimizer=optax.adam(0.05))
+  batched = jax.jit(jax.vmap(f, in_axes=(None, 0)))(params, tasks)
+  looped = [f(params, jax.tree.map(lambda x: x[i], tasks)) for i in range(4)]
+  np.testing.assert_allclose(batched, jnp.stack(looped), rtol=1e-5)
+
+
+def test_bad_optimizer_options_are_named():
+  params, task = _setup()
+  run = functools.partial(metajax.adapt, tiny_loss, params, task.support,
+                          steps=1)
+  with pytest.raises(ValueError, match="lr .* or an optax optimizer; got "
+                     "neither"):
+    run()
+  with pytest.raises(ValueError, match="either lr .* not both"):
+    run(lr=0.1, optimizer=optax.sgd(0.1))
+  with pytest.raises(ValueError, match="per_step_lr .* give it a schedule"):
+    run(optimizer=optax.sgd(0.1), per_step_lr=True)
+  with pytest.raises(TypeError, match="optax GradientTransformation .* got "
+                     "float"):
+    run(optimizer=0.1)
+  with pytest.raises(ValueError, match="need optimizer=..., not lr"):
+    run(lr=0.1, hyperparams={"learning_rate": 0.1})
+  with pytest.raises(ValueError, match="optax.inject_hyperparams .* state is "
+                     "a tuple"):
+    run(optimizer=optax.adam(0.1), hyperparams={"learning_rate": 0.1})
+  with pytest.raises(ValueError, match=r"\['lr'\] are not hyper-parameters "
+                     r"of the optimizer; it has \['learning_rate'\]"):
+    run(optimizer=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+        hyperparams={"lr": 0.1})
+
+
+# Auxiliary outputs of the loss.
+
+def _loss_with_aux(params, batch):
+  loss = tiny_loss(params, batch)
+  return loss, {"loss": loss, "head_norm": jnp.sum(params["head"]["w"] ** 2)}
+
+
+@pytest.mark.parametrize("optimizer", [None, "adam"])
+def test_aux_comes_back_for_every_step(x64, optimizer):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64)
+  how = (dict(lr=0.3) if optimizer is None else
+         dict(optimizer=optax.adam(0.05)))
+  adapted, aux = metajax.adapt(_loss_with_aux, params, task.support, steps=3,
+                               has_aux=True, **how)
+  chex.assert_trees_all_close(
+      adapted, metajax.adapt(tiny_loss, params, task.support, steps=3, **how),
+      rtol=1e-12)
+  # Step t's aux is at the parameters before step t's update.
+  before = [metajax.adapt(tiny_loss, params, task.support, steps=t, **how)
+            for t in range(3)]
+  np.testing.assert_allclose(
+      aux["loss"], [tiny_loss(p, task.support) for p in before], rtol=1e-12)
+  assert aux["head_norm"].shape == (3,)
+
+  loss, inner_aux = metajax.maml_loss(_loss_with_aux, params, task, steps=3,
+                                      has_aux=True, **how)
+  np.testing.assert_allclose(loss, tiny_loss(adapted, task.query), rtol=1e-12)
+  np.testing.assert_allclose(inner_aux.query["loss"], loss, rtol=1e-12)
+  chex.assert_trees_all_close(inner_aux.support, aux, rtol=1e-12)
+  # With the multi-step loss, the query aux is after every step.
+  _, weighted = metajax.maml_loss(_loss_with_aux, params, task, steps=3,
+                                  has_aux=True, step_weights=[.2, .3, .5],
+                                  **how)
+  np.testing.assert_allclose(
+      weighted.query["loss"],
+      [tiny_loss(p, task.query) for p in before[1:] + [adapted]], rtol=1e-12)
+  # The aux does not change the meta-gradient.
+  g_aux = jax.grad(lambda p: metajax.maml_loss(
+      _loss_with_aux, p, task, steps=3, has_aux=True, **how)[0])(params)
+  g = jax.grad(lambda p: metajax.maml_loss(tiny_loss, p, task, steps=3,
+                                           **how))(params)
+  chex.assert_trees_all_close(g_aux, g, rtol=1e-12)
+
+
+def test_a_loss_without_its_aux_is_named():
+  params, task = _setup()
+  with pytest.raises(ValueError, match="has_aux=True, loss_fn must return a "
+                     "pair"):
+    metajax.adapt(tiny_loss, params, task.support, steps=1, lr=0.1,
+                  has_aux=True)
+  with pytest.raises(ValueError, match=r"as \(loss, aux\) with has_aux=True"):
+    metajax.adapt(_loss_with_aux, params, task.support, steps=1, lr=0.1)

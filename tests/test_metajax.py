@@ -55,7 +55,8 @@ def test_import_metajax_loads_no_loader_experiment_or_heavy_backend():
 def test_the_public_names_are_reexported():
   for name in ("MetaLearner", "Task", "TrainState", "adapt", "maml_loss",
                "train", "evaluate", "mean_ci", "restore_state",
-               "restore_best", "restore_params", "read_metrics"):
+               "restore_best", "restore_params", "read_metrics",
+               "implicit_solution", "InnerAux"):
     assert hasattr(metajax, name), name
   assert metajax.train is metajax.training.train
   assert isinstance(metajax.__version__, str)

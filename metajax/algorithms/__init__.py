@@ -13,6 +13,7 @@ from metajax.algorithms.base import mse
 from metajax.algorithms.base import supervised_loss
 from metajax.algorithms.bobcat import Bobcat
 from metajax.algorithms.bobcat import bobcat
+from metajax.algorithms.imaml import imaml
 from metajax.algorithms.joint import joint
 from metajax.algorithms.maml import anil
 from metajax.algorithms.maml import fomaml

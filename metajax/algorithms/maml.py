@@ -6,10 +6,15 @@
 * `anil`: adapt only the parameters whose path contains the head's name;
 * `meta_sgd`: learned per-parameter inner learning rates (Li et al., 2017);
 * `maml_plus_plus`: learned per-layer, per-step learning rates and the
-  multi-step loss (Antoniou et al., 2019).
+  multi-step loss (Antoniou et al., 2019);
+* `inner_optimizer`: any optax optimiser in the inner loop (momentum, Adam,
+  clipping...), differentiated through exactly; with `learn_hyperparams`,
+  the numbers of an `optax.inject_hyperparams` optimiser (its learning rate,
+  momentum...) are meta-learned, as Meta-SGD learns gradient descent's rates.
 
 Meta-parameters are a dict: `{"params": model params}` plus `"lr"` when the
-learning rates are learned.
+learning rates are learned, or `"hyperparams"` when the inner optimiser's
+hyper-parameters are.
 """
 
 from typing import Callable, Literal, Optional, Sequence, Union
@@ -17,6 +22,7 @@ from typing import Callable, Literal, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from metajax import inner
 from metajax import types
@@ -30,7 +36,9 @@ AdaptMask = Union[None, Callable, types.PyTree]
 
 
 def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
-         loss: types.Loss, *, steps: int = 1, lr: float = 0.01,
+         loss: types.Loss, *, steps: int = 1, lr: Optional[float] = None,
+         inner_optimizer: Optional[optax.GradientTransformation] = None,
+         learn_hyperparams: bool = False,
          first_order: bool = False, adapt_mask: AdaptMask = None,
          learn_lr: LearnLR = None,
          step_weights: Optional[Sequence[float]] = None,
@@ -42,9 +50,18 @@ def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     init_fn: `init_fn(key) -> params`, e.g. `lambda k: model.init(k, x)`.
     apply_fn: `apply_fn(params, x) -> predictions`, e.g. `model.apply`.
     loss: `loss(predictions, targets) -> scalar`, used in both loops.
-    steps: inner gradient steps, in `meta_grad` and by default in `adapt`.
-    lr: inner learning rate, or the initial value of the learned rates; a
-      finite real number.
+    steps: inner steps, in `meta_grad` and by default in `adapt`.
+    lr: gradient descent's inner learning rate, or the initial value of the
+      learned rates; a finite real number (default 0.01 when there is no
+      `inner_optimizer`).
+    inner_optimizer: an optax `GradientTransformation` for the inner loop
+      instead of gradient descent at `lr`, e.g. `optax.adam(1e-2)`; its
+      state starts afresh for every task.
+    learn_hyperparams: meta-learn the floating-point hyper-parameters of
+      `inner_optimizer`, which must then be made by
+      `optax.inject_hyperparams` (e.g. `optax.inject_hyperparams(
+      optax.sgd)(learning_rate=0.1, momentum=0.9)`); their initial values
+      are the ones it was built with.
     first_order: drop second-order terms (FOMAML).
     adapt_mask: which parameter arrays the inner loop adapts: None (all), a
       PyTree of bools with the structure of the params, or a function
@@ -69,10 +86,23 @@ def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     steps (a Python int; None: the `steps` above).
   """
   inner.check_steps(steps)
-  inner.check_scalar_lr(lr)
   if learn_lr not in (None, "per_param", "per_step"):
     raise ValueError(
         f"learn_lr must be None, 'per_param' or 'per_step', got {learn_lr!r}.")
+  if inner_optimizer is None:
+    lr = 0.01 if lr is None else lr
+    inner.check_scalar_lr(lr)
+    if learn_hyperparams:
+      raise ValueError("learn_hyperparams learns an inner_optimizer's "
+                       "hyper-parameters; there is none (learn_lr learns "
+                       "gradient descent's rates).")
+  else:
+    inner.check_optimizer(inner_optimizer, lr, False)
+    if learn_lr is not None:
+      raise ValueError(
+          f"learn_lr={learn_lr!r} learns gradient descent's rates; with an "
+          f"inner_optimizer, use learn_hyperparams=True and an "
+          f"optax.inject_hyperparams optimizer.")
   if step_weights is not None:
     inner.check_step_weights(step_weights, steps)
   if adapt_mask is not None and not callable(adapt_mask):
@@ -88,11 +118,18 @@ def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     elif learn_lr == "per_step":
       meta_params["lr"] = jax.tree.map(
           lambda p: jnp.full((steps,), lr, p.dtype), params)
+    if learn_hyperparams:
+      adapted, _ = inner.partition(
+          params, inner.resolve_mask(adapt_mask, params))
+      meta_params["hyperparams"] = inner.inject_hyperparams_values(
+          inner_optimizer, adapted)
     return meta_params
 
   def options(meta_params, num_steps):
     params = meta_params["params"]
     return dict(steps=num_steps, lr=meta_params.get("lr", lr),
+                optimizer=inner_optimizer,
+                hyperparams=meta_params.get("hyperparams"),
                 first_order=first_order,
                 mask=inner.resolve_mask(adapt_mask, params),
                 per_step_lr=learn_lr == "per_step", remat=remat)

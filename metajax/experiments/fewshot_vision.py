@@ -168,18 +168,37 @@ def _model(config, net):
   return init_fn, apply_fn, output
 
 
+def classifier_model(config, ways: int):
+  """`(init_fn, apply_fn)` of the gradient learners' `ways`-unit classifier:
+  uint8 images `[n, H, W, C]` in, float32 logits `[n, ways]` out."""
+  # MAML's Omniglot network downsamples by stride; its mini-ImageNet
+  # network and the metric learners' embeddings by max-pooling.
+  net = BACKBONES[config.backbone](config, ways, config.dataset == "omniglot")
+  init_fn, apply_fn, _ = _model(config, net)
+  return init_fn, apply_fn
+
+
 def _classifier(build):
   """A learner that adapts a `ways`-unit classifier by gradient."""
   def make(config, ways):
-    # MAML's Omniglot network downsamples by stride; its mini-ImageNet
-    # network and the metric learners' embeddings by max-pooling.
-    net = BACKBONES[config.backbone](config, ways,
-                                     config.dataset == "omniglot")
-    init_fn, apply_fn, _ = _model(config, net)
+    init_fn, apply_fn = classifier_model(config, ways)
+    inner = dict(lr=config.inner_lr)
+    if config.inner_optimizer != "sgd":
+      inner = dict(inner_optimizer=INNER_OPTIMIZERS[config.inner_optimizer](
+          config.inner_lr))
+    if build is algorithms.imaml:
+      inner.update(reg=config.imaml_reg, cg_steps=config.cg_steps)
     return build(init_fn, apply_fn, algorithms.cross_entropy,
-                 steps=config.inner_steps, lr=config.inner_lr,
-                 metrics=algorithms.classification_metrics)
+                 steps=config.inner_steps,
+                 metrics=algorithms.classification_metrics, **inner)
   return make
+
+
+# The inner loop's optimiser at --inner_lr ("sgd": gradient descent).
+INNER_OPTIMIZERS = {
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": optax.adam,
+}
 
 
 def _embedding(build):
@@ -216,7 +235,7 @@ class Algorithm(NamedTuple):
 ALGORITHMS = {
     **{name: Algorithm(True, _classifier(getattr(algorithms, name)))
        for name in ("maml", "fomaml", "anil", "meta_sgd", "maml_plus_plus",
-                    "reptile")},
+                    "reptile", "imaml")},
     "protonet": Algorithm(False, _embedding(algorithms.protonet)),
     "matching": Algorithm(False, _embedding(algorithms.matching)),
     "relation": Algorithm(False, _relation),
@@ -270,6 +289,13 @@ class Config(harness.RunConfig):
   test_inner_steps: int = field(0, "Inner gradient steps at test (0: "
                                 "--inner_steps).", rerun_may_change=True)
   inner_lr: float = field(0.4, "Inner learning rate.")
+  inner_optimizer: str = field(
+      "sgd", "Inner-loop optimiser of maml, fomaml, anil and imaml, at "
+      "--inner_lr: sgd (gradient descent), momentum (0.9) or adam.",
+      choices=("sgd",) + tuple(INNER_OPTIMIZERS))
+  imaml_reg: float = field(2.0, "iMAML's proximal strength lambda.")
+  cg_steps: int = field(5, "iMAML's conjugate-gradient iterations per "
+                        "meta-gradient.")
   outer_lr: float = field(1e-3, "Adam learning rate.")
   lr_halve_every: int = field(0, "Halve the outer learning rate every N "
                               "steps (0: never).")
@@ -300,7 +326,7 @@ class Config(harness.RunConfig):
   RATES = ("inner_lr", "outer_lr")
   POSITIVE = harness.RunConfig.POSITIVE + (
       "shots", "query", "test_query", "meta_batch_size", "inner_steps",
-      "num_steps", "width")
+      "num_steps", "width", "cg_steps")
 
   def validate(self):
     super().validate()
@@ -309,6 +335,15 @@ class Config(harness.RunConfig):
     harness.check_positive(self, ("test_shots", "test_inner_steps",
                                   "lr_halve_every", "eval_every",
                                   "val_episodes"), least=0)
+    if not (np.isfinite(self.imaml_reg) and self.imaml_reg > 0):
+      raise ValueError(f"imaml_reg must be finite and > 0, got "
+                       f"{self.imaml_reg}.")
+    if (self.inner_optimizer != "sgd" and
+        self.algorithm not in ("maml", "fomaml", "anil", "imaml")):
+      raise ValueError(
+          f"inner_optimizer={self.inner_optimizer!r} is for maml, fomaml, "
+          f"anil and imaml; {self.algorithm} takes gradient descent steps "
+          f"(inner_optimizer='sgd').")
     if (ALGORITHMS[self.algorithm].gradient_based and
         set(self.test_ways) != {self.ways}):
       raise ValueError(
