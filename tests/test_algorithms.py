@@ -325,17 +325,19 @@ def test_learned_inner_hyperparams_are_meta_parameters_and_train():
   np.testing.assert_allclose(meta_params["hyperparams"]["learning_rate"],
                              0.05)
   tasks = tiny_tasks(jax.random.PRNGKey(1), 8)
-  grads, _ = learner.meta_grad(meta_params, tasks, None)
+  meta_grad = jax.jit(learner.meta_grad)
+  grads, _ = meta_grad(meta_params, tasks, None)
   assert all(float(jnp.abs(g)) > 0
              for g in jax.tree.leaves(grads["hyperparams"]))
-  # A few outer steps on the rate alone lower the post-adaptation loss.
+  # A few outer steps on the hyper-parameters alone lower the loss after
+  # adaptation.
   state = meta_params
   for _ in range(20):
-    grads, metrics = learner.meta_grad(state, tasks, None)
+    grads, metrics = meta_grad(state, tasks, None)
     state = dict(state, hyperparams=jax.tree.map(
         lambda h, g: h - 0.01 * g, state["hyperparams"], grads["hyperparams"]))
-  assert float(learner.meta_grad(state, tasks, None)[1]["loss"]) < float(
-      learner.meta_grad(meta_params, tasks, None)[1]["loss"])
+  assert float(meta_grad(state, tasks, None)[1]["loss"]) < float(
+      meta_grad(meta_params, tasks, None)[1]["loss"])
 
 
 def test_inner_optimizer_options_that_conflict_are_named():

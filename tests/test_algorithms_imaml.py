@@ -74,9 +74,9 @@ def test_meta_gradient_is_the_closed_form_of_the_paper(x64):
   meta_params = learner.init(jax.random.PRNGKey(0))
   tasks = jax.tree.map(lambda x: x[:1].astype(jnp.float64),
                        tiny_tasks(jax.random.PRNGKey(2), 1))
-  grads, _ = learner.meta_grad(meta_params, tasks, None)
+  grads, _ = jax.jit(learner.meta_grad)(meta_params, tasks, None)
   task = jax.tree.map(lambda x: x[0], tasks)
-  phi = learner.adapt(meta_params, task.support)
+  phi = jax.jit(learner.adapt)(meta_params, task.support)
   flat, unravel = jax.flatten_util.ravel_pytree(phi)
   loss_fn = algorithms.supervised_loss(tiny_mlp, algorithms.mse)
   hessian = jax.hessian(lambda v: loss_fn(unravel(v), task.support))(flat)
