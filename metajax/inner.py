@@ -427,6 +427,19 @@ def check_optimizer(optimizer, lr, per_step_lr: bool,
         f"optax.adam(1e-2)), got {type(optimizer).__name__}.")
 
 
+def inner_rate(lr: Optional[float],
+               optimizer: Optional[optax.GradientTransformation],
+               default: float = 0.01) -> Optional[float]:
+  """A learner's gradient-descent rate: `lr` (`default` if None) when there
+  is no `optimizer`, else None; checked either way."""
+  if optimizer is not None:
+    check_optimizer(optimizer, lr, False)
+    return None
+  lr = default if lr is None else lr
+  check_scalar_lr(lr)
+  return lr
+
+
 def _held_hyperparams(state) -> dict:
   """The hyper-parameters an `optax.inject_hyperparams` state holds."""
   held = getattr(state, "hyperparams", None)
@@ -496,7 +509,7 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
 
   def query_loss(a):
     out = loss_fn(combine(a, frozen), query)
-    return (out[0], out[1]) if has_aux else (out, None)
+    return out if has_aux else (out, None)
 
   def gradient(a):
     if has_aux:

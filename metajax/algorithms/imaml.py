@@ -75,11 +75,7 @@ def imaml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     *, steps=None)` solves the same regularised problem.
   """
   inner.check_steps(steps)
-  if inner_optimizer is None:
-    lr = 0.01 if lr is None else lr
-    inner.check_scalar_lr(lr)
-  else:
-    inner.check_optimizer(inner_optimizer, lr, False)
+  lr = inner.inner_rate(lr, inner_optimizer)
   inner.check_scalar_lr(reg, "reg")
   if not reg > 0:
     raise ValueError(f"reg must be > 0 (the proximal term makes the inner "

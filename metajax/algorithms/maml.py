@@ -89,20 +89,16 @@ def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
   if learn_lr not in (None, "per_param", "per_step"):
     raise ValueError(
         f"learn_lr must be None, 'per_param' or 'per_step', got {learn_lr!r}.")
-  if inner_optimizer is None:
-    lr = 0.01 if lr is None else lr
-    inner.check_scalar_lr(lr)
-    if learn_hyperparams:
-      raise ValueError("learn_hyperparams learns an inner_optimizer's "
-                       "hyper-parameters; there is none (learn_lr learns "
-                       "gradient descent's rates).")
-  else:
-    inner.check_optimizer(inner_optimizer, lr, False)
-    if learn_lr is not None:
-      raise ValueError(
-          f"learn_lr={learn_lr!r} learns gradient descent's rates; with an "
-          f"inner_optimizer, use learn_hyperparams=True and an "
-          f"optax.inject_hyperparams optimizer.")
+  lr = inner.inner_rate(lr, inner_optimizer)
+  if inner_optimizer is None and learn_hyperparams:
+    raise ValueError("learn_hyperparams learns an inner_optimizer's "
+                     "hyper-parameters; there is none (learn_lr learns "
+                     "gradient descent's rates).")
+  if inner_optimizer is not None and learn_lr is not None:
+    raise ValueError(
+        f"learn_lr={learn_lr!r} learns gradient descent's rates; with an "
+        f"inner_optimizer, use learn_hyperparams=True and an "
+        f"optax.inject_hyperparams optimizer.")
   if step_weights is not None:
     inner.check_step_weights(step_weights, steps)
   if adapt_mask is not None and not callable(adapt_mask):

@@ -182,15 +182,15 @@ def _classifier(build):
   """A learner that adapts a `ways`-unit classifier by gradient."""
   def make(config, ways):
     init_fn, apply_fn = classifier_model(config, ways)
-    inner = dict(lr=config.inner_lr)
+    options = dict(lr=config.inner_lr)
     if config.inner_optimizer != "sgd":
-      inner = dict(inner_optimizer=INNER_OPTIMIZERS[config.inner_optimizer](
-          config.inner_lr))
+      options = dict(inner_optimizer=INNER_OPTIMIZERS[
+          config.inner_optimizer](config.inner_lr))
     if build is algorithms.imaml:
-      inner.update(reg=config.imaml_reg, cg_steps=config.cg_steps)
+      options.update(reg=config.imaml_reg, cg_steps=config.cg_steps)
     return build(init_fn, apply_fn, algorithms.cross_entropy,
                  steps=config.inner_steps,
-                 metrics=algorithms.classification_metrics, **inner)
+                 metrics=algorithms.classification_metrics, **options)
   return make
 
 
