@@ -8,6 +8,7 @@ The public API, re-exported. Importing it loads neither the data loaders
 from metajax import algorithms
 from metajax import checkpoint
 from metajax import evaluation
+from metajax import host_tasks
 from metajax import implicit
 from metajax import models
 from metajax import sharding
@@ -22,6 +23,7 @@ from metajax.checkpoint import restore_params
 from metajax.checkpoint import restore_state
 from metajax.evaluation import evaluate
 from metajax.evaluation import mean_ci
+from metajax.host_tasks import HostTasks
 from metajax.implicit import implicit_solution
 from metajax.inner import InnerAux
 from metajax.inner import adapt

@@ -27,13 +27,15 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metajax.types import PyTree
 
 LinearSolve = Callable[[Callable[[PyTree], PyTree], PyTree], PyTree]
 
 
-def conjugate_gradient(maxiter: int = 20, tol: float = 1e-10) -> LinearSolve:
+def conjugate_gradient(maxiter: int = 20, tol: float = 1e-10,
+                       ridge: float = 0.0) -> LinearSolve:
   """`linear_solve(matvec, b) -> x` by conjugate gradients.
 
   For a symmetric positive definite `matvec` (a minimiser's Hessian, plus
@@ -43,23 +45,44 @@ def conjugate_gradient(maxiter: int = 20, tol: float = 1e-10) -> LinearSolve:
   Args:
     maxiter: the most iterations (each one `matvec`).
     tol: relative residual at which it stops, `|b - A x| <= tol |b|`.
+    ridge: solve `(A + ridge I) x = b` instead. CG needs a positive definite
+      matrix, which the Hessian of a non-convex loss (a neural network's,
+      away from a minimum) is not; a ridge larger than the magnitude of its
+      most negative eigenvalue makes it so, and biases `x` towards
+      `b / ridge`.
   """
+  _check_ridge(ridge)
   def solve(matvec, b):
-    x, _ = jax.scipy.sparse.linalg.cg(matvec, b, maxiter=maxiter, tol=tol)
+    x, _ = jax.scipy.sparse.linalg.cg(_ridged(matvec, ridge), b,
+                                      maxiter=maxiter, tol=tol)
     return x
   return solve
 
 
-def gmres(maxiter: int = 20, tol: float = 1e-10,
-          restart: int = 20) -> LinearSolve:
+def gmres(maxiter: int = 20, tol: float = 1e-10, restart: int = 20,
+          ridge: float = 0.0) -> LinearSolve:
   """`linear_solve(matvec, b) -> x` by GMRES, for a non-symmetric Jacobian
   (an optimality condition that is not a gradient); a thin wrapper over
-  `jax.scipy.sparse.linalg.gmres`."""
+  `jax.scipy.sparse.linalg.gmres`. `ridge` solves `(A + ridge I) x = b`, as
+  in `conjugate_gradient`."""
+  _check_ridge(ridge)
   def solve(matvec, b):
-    x, _ = jax.scipy.sparse.linalg.gmres(matvec, b, maxiter=maxiter, tol=tol,
+    x, _ = jax.scipy.sparse.linalg.gmres(_ridged(matvec, ridge), b,
+                                         maxiter=maxiter, tol=tol,
                                          restart=restart)
     return x
   return solve
+
+
+def _check_ridge(ridge: float) -> None:
+  if not (np.isfinite(ridge) and ridge >= 0):
+    raise ValueError(f"ridge must be finite and >= 0, got {ridge}.")
+
+
+def _ridged(matvec, ridge: float):
+  if not ridge:
+    return matvec
+  return lambda v: jax.tree.map(lambda a, b: a + ridge * b, matvec(v), v)
 
 
 def implicit_solution(solver: Callable[..., PyTree],

@@ -20,6 +20,9 @@ Everything in the MAML family is an option of the one loop written here:
   optimiser holds in its state, so the outer loop can learn them;
 * `has_aux=True`: `loss_fn` returns `(loss, aux)`, and the aux of every step
   comes back stacked (metrics, or model state such as batch statistics);
+* `model_state`: state that `loss_fn(params, batch, state)` updates and the
+  next step reads (flax `batch_stats` running averages), carried through
+  the scan and differentiated through;
 * `remat=True`: `jax.checkpoint` around each step and around equal segments of
   about sqrt(steps) steps (`_checkpointed_scan`), so the backward pass holds
   the activations of one step at a time and about 2 sqrt(steps) sets of
@@ -73,14 +76,36 @@ def check_step_weights(step_weights: Sequence[float], steps: int) -> None:
 
 
 def check_scalar_loss(loss_fn: LossFn, params: PyTree, batch: PyTree,
-                      has_aux: bool = False) -> None:
+                      has_aux: bool = False,
+                      model_state: Optional[PyTree] = None) -> None:
   """Raises a ValueError unless `loss_fn(params, batch)` is a real scalar.
 
-  With `has_aux`, it must be a pair `(scalar, aux)`. Only shapes are traced
+  With `has_aux`, it must be a pair `(scalar, aux)`. With `model_state`,
+  `loss_fn(params, batch, model_state)` must be `(scalar, new_state)` (or
+  `(scalar, (new_state, aux))` with `has_aux`), `new_state` of
+  `model_state`'s structure, shapes and dtypes. Only shapes are traced
   (`jax.eval_shape`): no computation runs.
   """
-  out = jax.eval_shape(loss_fn, params, batch)
-  if has_aux:
+  if model_state is not None:
+    out = jax.eval_shape(loss_fn, params, batch, model_state)
+    what = "(loss, (new_state, aux))" if has_aux else "(loss, new_state)"
+    if not (isinstance(out, (tuple, list)) and len(out) == 2) or (
+        has_aux and not (isinstance(out[1], (tuple, list))
+                         and len(out[1]) == 2)):
+      raise ValueError(f"with model_state, loss_fn(params, batch, state) "
+                       f"must return {what}, but it returned {out}.")
+    new_state = out[1][0] if has_aux else out[1]
+    expected = jax.eval_shape(lambda s: s, model_state)
+    if (jax.tree.structure(new_state) != jax.tree.structure(expected) or
+        jax.tree.leaves(new_state) != jax.tree.leaves(expected)):
+      raise ValueError(
+          f"loss_fn's new model state must have the structure, shapes and "
+          f"dtypes of model_state (it is carried from step to step): got "
+          f"{new_state}, expected {expected}.")
+    out = out[0]
+  else:
+    out = jax.eval_shape(loss_fn, params, batch)
+  if has_aux and model_state is None:
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
       raise ValueError(
           f"with has_aux=True, loss_fn must return a pair (loss, aux), but "
@@ -492,65 +517,74 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
          optimizer: Optional[optax.GradientTransformation],
          hyperparams: Optional[dict], first_order: bool,
          mask: Optional[PyTree], per_step_lr: bool, remat: bool,
-         query_every_step: bool, has_aux: bool):
+         query_every_step: bool, has_aux: bool,
+         model_state: Optional[PyTree] = None):
   """Runs the inner loop.
 
   Returns:
-    `(adapted params, query losses per step or None, support aux per step
-    or None, query aux per step or None)`.
+    `(adapted params, model state after the last step (None without
+    model_state), query losses per step or None, support aux per step or
+    None, query aux per step or None)`.
   """
   steps = check_steps(steps)
   check_optimizer(optimizer, lr, per_step_lr, hyperparams)
-  check_scalar_loss(loss_fn, params, support, has_aux)
+  check_scalar_loss(loss_fn, params, support, has_aux, model_state)
   adapted, frozen = partition(params, mask)
+  stateful = model_state is not None
 
-  def support_loss(a):
-    return loss_fn(combine(a, frozen), support)
+  def call(a, batch, m):
+    """`(loss, (new model state or None, aux or None))`."""
+    if not stateful:
+      out = loss_fn(combine(a, frozen), batch)
+      loss, aux = out if has_aux else (out, None)
+      return loss, (None, aux)
+    loss, rest = loss_fn(combine(a, frozen), batch, m)
+    return loss, (rest if has_aux else (rest, None))
 
-  def query_loss(a):
-    out = loss_fn(combine(a, frozen), query)
-    return out if has_aux else (out, None)
-
-  def gradient(a):
-    if has_aux:
-      grads, aux = jax.grad(support_loss, has_aux=True)(a)
-    else:
-      grads, aux = jax.grad(support_loss)(a), None
+  def gradient(a, m):
+    grads, (m, aux) = jax.grad(call, has_aux=True)(a, support, m)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
-    return grads, aux
+    return grads, m, aux
 
-  def outputs(a, aux):
-    q, q_aux = query_loss(a) if query_every_step else (None, None)
+  def outputs(a, m, aux):
+    if not query_every_step:
+      return None, aux, None
+    q, (_, q_aux) = call(a, query, m)
     return q, aux, q_aux
 
   scan = _checkpointed_scan if remat else jax.lax.scan
   if optimizer is None:
     lrs = _lr_tree(lr, adapted, steps, per_step_lr)
 
-    def sgd_step(a, step_lrs):
-      grads, aux = gradient(a)
+    def sgd_step(carry, step_lrs):
+      a, m = carry
+      grads, m, aux = gradient(a, m)
       a = jax.tree.map(lambda p, g, l: (p - l * g).astype(p.dtype), a, grads,
                        step_lrs)
-      return a, outputs(a, aux)
+      return (a, m), outputs(a, m, aux)
 
     if per_step_lr:
-      adapted, ys = scan(sgd_step, adapted, lrs, length=steps)
+      (adapted, model_state), ys = scan(sgd_step, (adapted, model_state),
+                                        lrs, length=steps)
     else:
-      adapted, ys = scan(lambda a, _: sgd_step(a, lrs), adapted, None,
-                         length=steps)
+      (adapted, model_state), ys = scan(
+          lambda c, _: sgd_step(c, lrs), (adapted, model_state), None,
+          length=steps)
   else:
     def optax_step(carry, _):
-      a, state = carry
-      grads, aux = gradient(a)
+      a, state, m = carry
+      grads, m, aux = gradient(a, m)
       updates, state = optimizer.update(grads, state, a)
       a = optax.apply_updates(a, updates)
-      return (a, state), outputs(a, aux)
+      return (a, state, m), outputs(a, m, aux)
 
     state = _with_hyperparams(optimizer.init(adapted), hyperparams)
-    (adapted, _), ys = scan(optax_step, (adapted, state), None, length=steps)
+    (adapted, _, model_state), ys = scan(
+        optax_step, (adapted, state, model_state), None, length=steps)
   q_losses, support_aux, query_aux = ys
-  return combine(adapted, frozen), q_losses, support_aux, query_aux
+  return (combine(adapted, frozen), model_state, q_losses, support_aux,
+          query_aux)
 
 
 def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
@@ -558,7 +592,8 @@ def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
           optimizer: Optional[optax.GradientTransformation] = None,
           hyperparams: Optional[dict] = None, first_order: bool = False,
           mask: Optional[PyTree] = None, per_step_lr: bool = False,
-          remat: bool = False, has_aux: bool = False):
+          remat: bool = False, has_aux: bool = False,
+          model_state: Optional[PyTree] = None):
   """Adapts `params` to `batch` with `steps` steps of an inner optimiser.
 
   Gradient descent, `theta_{t+1} = theta_t - lr_t * grad(loss_fn)(theta_t,
@@ -599,19 +634,31 @@ def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
       instead of every step's activations, for up to two more forward runs
       of every step.
     has_aux: `loss_fn` returns `(loss, aux)`.
+    model_state: model state carried from step to step, e.g. flax
+      `batch_stats`: `loss_fn(params, batch, state)` then returns `(loss,
+      new_state)` (`(loss, (new_state, aux))` with `has_aux`), `new_state`
+      of `model_state`'s structure, shapes and dtypes, and step t + 1 gets
+      step t's `new_state`. It is differentiated through like the
+      parameters.
 
   Returns:
     The adapted parameters, a PyTree with the structure and dtypes of
-    `params`; with `has_aux`, `(adapted, aux)` where `aux` is the support
-    set's aux at every step, leaves `[steps, ...]` (step t's aux is computed
-    at the parameters before step t's update).
+    `params`; with `model_state`, `(adapted, final_state)`; with
+    `has_aux`, the support set's aux at every step comes last, leaves
+    `[steps, ...]` (step t's aux is computed at the parameters before step
+    t's update): `(adapted, aux)` or `(adapted, final_state, aux)`.
   """
-  adapted, _, support_aux, _ = _run(
+  adapted, final_state, _, support_aux, _ = _run(
       loss_fn, params, batch, None, steps=steps, lr=lr, optimizer=optimizer,
       hyperparams=hyperparams, first_order=first_order, mask=mask,
       per_step_lr=per_step_lr, remat=remat, query_every_step=False,
-      has_aux=has_aux)
-  return (adapted, support_aux) if has_aux else adapted
+      has_aux=has_aux, model_state=model_state)
+  result = (adapted,)
+  if model_state is not None:
+    result += (final_state,)
+  if has_aux:
+    result += (support_aux,)
+  return result if len(result) > 1 else adapted
 
 
 class InnerAux(NamedTuple):
@@ -634,7 +681,8 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
               mask: Optional[PyTree] = None, per_step_lr: bool = False,
               remat: bool = False,
               step_weights: Optional[Sequence[float]] = None,
-              has_aux: bool = False, return_adapted: bool = False):
+              has_aux: bool = False, return_adapted: bool = False,
+              model_state: Optional[PyTree] = None):
   """Query loss of one task after adapting on its support set.
 
   `jax.grad(maml_loss, argnums=1)` is the exact MAML meta-gradient (second
@@ -649,11 +697,15 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
     params: PyTree of meta-parameters (the initialisation).
     task: a `Task(support, query)` of one task (no task axis).
     steps, lr, optimizer, hyperparams: as in `adapt`.
-    first_order, mask, per_step_lr, remat, has_aux: as in `adapt`.
+    first_order, mask, per_step_lr, remat, has_aux, model_state: as in
+      `adapt`; with `model_state`, the query loss is computed with the
+      state the last inner step left (the query set's own new state is
+      dropped).
     step_weights: optional sequence of `steps` weights for the MAML++ multi-step
       loss `sum_t w_t * L_query(theta_t)`, t = 1..steps. By default only the
       final query loss counts.
-    return_adapted: also return the adapted parameters.
+    return_adapted: also return the adapted parameters (with
+      `model_state`, the pair `(adapted, final_state)`).
 
   Returns:
     The scalar query loss (dtype of `loss_fn`'s output); with `has_aux`,
@@ -664,19 +716,26 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
   run = functools.partial(
       _run, loss_fn, params, task.support, task.query, steps=steps, lr=lr,
       optimizer=optimizer, hyperparams=hyperparams, first_order=first_order,
-      mask=mask, per_step_lr=per_step_lr, remat=remat, has_aux=has_aux)
+      mask=mask, per_step_lr=per_step_lr, remat=remat, has_aux=has_aux,
+      model_state=model_state)
   if step_weights is None:
-    adapted, _, support_aux, _ = run(query_every_step=False)
-    out = loss_fn(adapted, task.query)
-    loss, query_aux = out if has_aux else (out, None)
+    adapted, final_state, _, support_aux, _ = run(query_every_step=False)
+    if model_state is None:
+      out = loss_fn(adapted, task.query)
+      loss, query_aux = out if has_aux else (out, None)
+    else:
+      loss, rest = loss_fn(adapted, task.query, final_state)
+      query_aux = rest[1] if has_aux else None
   else:
     check_step_weights(step_weights, steps)
     weights = jnp.asarray(step_weights)
-    adapted, q_losses, support_aux, query_aux = run(query_every_step=True)
+    adapted, final_state, q_losses, support_aux, query_aux = run(
+        query_every_step=True)
     loss = jnp.sum(weights.astype(q_losses.dtype) * q_losses)
   result = (loss,)
   if has_aux:
     result += (InnerAux(support_aux, query_aux),)
   if return_adapted:
-    result += (adapted,)
+    result += ((adapted, final_state) if model_state is not None
+               else adapted,)
   return result if len(result) > 1 else loss

@@ -58,9 +58,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def task_sharding(mesh: Mesh) -> NamedSharding:
-  """The sharding that splits an array's leading (task) axis over `mesh`."""
-  return NamedSharding(mesh, PartitionSpec(TASK_AXIS))
+def task_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """The sharding that splits an array's task axis, axis `axis` (the leading
+  one by default; 1 for batches stacked over steps), over `mesh`."""
+  return NamedSharding(mesh, PartitionSpec(*([None] * axis), TASK_AXIS))
 
 
 def check_divisible(n_tasks: int, mesh: Mesh) -> None:

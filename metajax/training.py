@@ -21,6 +21,7 @@ the mesh's devices, on one host or several, with the state replicated.
 """
 
 import contextlib
+import functools
 import numbers
 import os
 import time
@@ -32,6 +33,7 @@ import numpy as np
 import optax
 
 from metajax import checkpoint as checkpoint_lib
+from metajax import host_tasks as host_tasks_lib
 from metajax import sharding as sharding_lib
 from metajax import summary
 from metajax import tasks as tasks_lib
@@ -96,7 +98,8 @@ def make_train_step(learner: MetaLearner,
                     optimizer: optax.GradientTransformation, *,
                     num_steps: int, halt_on_nonfinite: bool = True,
                     mesh: Optional[jax.sharding.Mesh] = None,
-                    task_chunk: Union[int, str, None] = None) -> Callable:
+                    task_chunk: Union[int, str, None] = None,
+                    fed: bool = False) -> Callable:
   """Builds the jit-compiled function that runs `num_steps` meta-steps.
 
   Args:
@@ -115,14 +118,18 @@ def make_train_step(learner: MetaLearner,
       (`metajax.algorithms.map_tasks`), "auto" (one task at a time on the
       CPU, the whole batch vmapped elsewhere; `resolve_task_chunk`), or None
       to vmap the whole batch. Not combined with a `mesh`.
+    fed: the tasks are given rather than sampled: `step_fn`'s second
+      argument is a `Task` whose leaves are stacked `[num_steps, n_tasks,
+      ...]`, one batch per step (`metajax.host_tasks`).
 
   Returns:
     `step_fn(state, sample_tasks, stop_at) -> (state, metrics)`: runs up to
     `num_steps` steps but none at or past step `stop_at` (int32), so one
     compiled function also serves a shorter last chunk. `sample_tasks` is a
     `key -> Task` batch sampler wrapped by `metajax.tasks.sampler_tree`; it runs
-    inside the compiled step. Each metric is stacked over the
-    `num_steps` slots, with "ran" (bool `[num_steps]`) marking real steps.
+    inside the compiled step (with `fed`, the stacked batches). Each metric
+    is stacked over the `num_steps` slots, with "ran" (bool `[num_steps]`)
+    marking real steps.
   """
   chunk = resolve_task_chunk(task_chunk)
   if chunk is not None:
@@ -133,8 +140,10 @@ def make_train_step(learner: MetaLearner,
     learner = map_tasks(learner, chunk)
 
   def one_step(state: TrainState, sample_tasks):
+    # Fed or sampled, the key is split alike: the gradient keys of a run do
+    # not depend on where its tasks come from.
     key, task_key, grad_key = jax.random.split(state.key, 3)
-    tasks = sample_tasks(task_key)
+    tasks = sample_tasks if fed else sample_tasks(task_key)
     if mesh is not None:
       # Every device samples and adapts only its own slice of the batch; the
       # mean over tasks in `meta_grad` becomes an all-reduce.
@@ -180,6 +189,9 @@ def make_train_step(learner: MetaLearner,
     return state, dict(metrics, ran=~halted)
 
   def step_fn(state, sample_tasks, stop_at):
+    if fed:
+      return jax.lax.scan(lambda s, tasks: body(s, tasks, stop_at), state,
+                          sample_tasks, length=num_steps)
     return jax.lax.scan(lambda s, _: body(s, sample_tasks, stop_at), state,
                         None, length=num_steps)
 
@@ -260,15 +272,20 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
   _check_args(num_steps=num_steps, log_every=log_every,
               checkpoint_every=checkpoint_every, eval_every=eval_every,
               keep_best=keep_best, workdir=workdir, eval_fn=eval_fn)
-  sample_tasks = tasks_lib.sampler_tree(sample_tasks)
-  n_tasks = _tasks_per_step(sample_tasks, key)
+  fed = isinstance(sample_tasks, host_tasks_lib.HostTasks)
+  if fed:
+    host_tasks_lib.check(sample_tasks)
+  else:
+    sample_tasks = tasks_lib.sampler_tree(sample_tasks)
+    n_tasks = _tasks_per_step(sample_tasks, key)
   state, stop_at = init_state(learner, optimizer, key), jnp.int32(num_steps)
   if mesh is not None:
-    sharding_lib.check_divisible(n_tasks, mesh)
+    if not fed:
+      sharding_lib.check_divisible(n_tasks, mesh)
+      sample_tasks = sharding_lib.replicate(sample_tasks, mesh)
     # Placed once here rather than copied by every compiled call; a restored
     # checkpoint takes the sharding of `state`.
-    state, sample_tasks, stop_at = sharding_lib.replicate(
-        (state, sample_tasks, stop_at), mesh)
+    state, stop_at = sharding_lib.replicate((state, stop_at), mesh)
   # On several hosts every process runs this loop; one locks and logs.
   primary = jax.process_index() == 0
   with (workdir_lib.hold(workdir) if workdir and primary
@@ -280,39 +297,132 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
     start = int(state.step)
     if start:
       summary.note(f"{desc}: resumed from step {start}", show=progress)
-    step_fn, compile_s = _compile(
-        make_train_step(learner, optimizer, num_steps=log_every,
-                        halt_on_nonfinite=halt_on_nonfinite, mesh=mesh,
-                        task_chunk=task_chunk),
-        state, sample_tasks, stop_at, desc=desc, progress=progress)
-    own, train_s = _open_writers(workdir if primary else None, start=start,
-                                 num_steps=num_steps, progress=progress,
-                                 desc=desc)
-    log = summary.MultiWriter(own, *writers)
-    try:
-      while int(state.step) < num_steps:
-        previous, t0 = int(state.step), time.perf_counter()
-        state, metrics = step_fn(state, sample_tasks, stop_at)
-        metrics = jax.device_get(metrics)
-        seconds = time.perf_counter() - t0
-        train_s += seconds
-        step = int(state.step)
-        record = _record(metrics, step=step, seconds=seconds,
-                         tasks=(step - previous) * n_tasks, train_s=train_s,
-                         compile_s=compile_s)
-        compile_s = None
-        halted = halt_on_nonfinite and int(state.nonfinite_step) >= 0
-        if eval_fn is not None and eval_every and not halted and (
-            step // eval_every > previous // eval_every or step >= num_steps):
-          record.update(eval_fn(sharding_lib.local_copy(state.meta_params)))
-          checkpointer.offer_best(step, record, state.meta_params)
-        log.write(record)
-        checkpointer.save(state, halted=halted)
-        if halted:
-          raise _halt_error(state, metrics, desc=desc, workdir=workdir)
-    finally:
-      own.close()
+    if fed and start >= num_steps:
+      return state  # Finished: not a batch more to read.
+    with contextlib.ExitStack() as stack:
+      if fed:
+        feed = stack.enter_context(_feed(sample_tasks, start, mesh))
+        n_tasks = tasks_lib.num_tasks(feed.signature)
+        if mesh is not None:
+          sharding_lib.check_divisible(n_tasks, mesh)
+        example = _stacked_example(feed.signature, mesh)
+      step_fn, compile_s = _compile(
+          make_train_step(learner, optimizer,
+                          num_steps=1 if fed else log_every,
+                          halt_on_nonfinite=halt_on_nonfinite, mesh=mesh,
+                          task_chunk=task_chunk, fed=fed),
+          state, example if fed else sample_tasks, stop_at, desc=desc,
+          progress=progress)
+      run_chunk = functools.partial(_run_fed, feed) if fed else (
+          lambda step_fn, state, stop_at, n: step_fn(state, sample_tasks,
+                                                     stop_at))
+      state = _loop(run_chunk, step_fn, state, stop_at, start=start,
+                    num_steps=num_steps, log_every=log_every,
+                    n_tasks=n_tasks, compile_s=compile_s, eval_fn=eval_fn,
+                    eval_every=eval_every, checkpointer=checkpointer,
+                    halt_on_nonfinite=halt_on_nonfinite, workdir=workdir,
+                    primary=primary, progress=progress, desc=desc,
+                    writers=writers)
   return state
+
+
+def _feed(host_tasks: host_tasks_lib.HostTasks, start: int,
+          mesh: Optional[jax.sharding.Mesh]) -> host_tasks_lib.Prefetcher:
+  """The run's batches from step `start` on, each `[1, n_tasks, ...]` on
+  the device (split over `mesh` along the task axis)."""
+  sharding = None if mesh is None else sharding_lib.task_sharding(mesh,
+                                                                  axis=1)
+  return host_tasks_lib.Prefetcher(host_tasks, start, sharding=sharding,
+                                   expand=True)
+
+
+def _stacked_example(signature, mesh):
+  """What a fed one-step `step_fn` is compiled for: `signature`'s leaves with
+  a leading axis of 1, placed as `_feed` places them."""
+  sharding = None if mesh is None else sharding_lib.task_sharding(mesh,
+                                                                  axis=1)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct((1,) + s.shape, s.dtype,
+                                                     sharding=sharding),
+                      signature)
+
+
+def _run_fed(feed, step_fn, state, stop_at, n):
+  """`n` one-step calls of a fed `step_fn`, each on the next batch; metrics
+  stacked `[n]` as one `log_every`-step call would give them. The calls are
+  dispatched without waiting, so the device runs one step while the feed
+  places the next batches."""
+  chunks = []
+  for _ in range(n):
+    state, metrics = step_fn(state, next(feed), stop_at)
+    chunks.append(metrics)
+  return state, jax.tree.map(lambda *m: jnp.concatenate(m), *chunks)
+
+
+def _loop(run_chunk, step_fn, state, stop_at, *, start, num_steps, log_every,
+          n_tasks, compile_s, eval_fn, eval_every, checkpointer,
+          halt_on_nonfinite, workdir, primary, progress, desc, writers):
+  """Runs `run_chunk` until step `num_steps`, recording, evaluating and
+  checkpointing after each chunk of `log_every` steps."""
+  own, train_s = _open_writers(workdir if primary else None, start=start,
+                               num_steps=num_steps, progress=progress,
+                               desc=desc)
+  log = summary.MultiWriter(own, *writers)
+  try:
+    while int(state.step) < num_steps:
+      previous, t0 = int(state.step), time.perf_counter()
+      state, metrics = run_chunk(step_fn, state, stop_at,
+                                 min(log_every, num_steps - previous))
+      metrics = jax.device_get(metrics)
+      seconds = time.perf_counter() - t0
+      train_s += seconds
+      step = int(state.step)
+      record = _record(metrics, step=step, seconds=seconds,
+                       tasks=(step - previous) * n_tasks, train_s=train_s,
+                       compile_s=compile_s)
+      compile_s = None
+      halted = halt_on_nonfinite and int(state.nonfinite_step) >= 0
+      if eval_fn is not None and eval_every and not halted and (
+          step // eval_every > previous // eval_every or step >= num_steps):
+        record.update(eval_fn(sharding_lib.local_copy(state.meta_params)))
+        checkpointer.offer_best(step, record, state.meta_params)
+      log.write(record)
+      checkpointer.save(state, halted=halted)
+      if halted:
+        raise _halt_error(state, metrics, desc=desc, workdir=workdir)
+  finally:
+    own.close()
+  return state
+
+
+def replay_tasks(sample_tasks: TaskSampler, key: jax.Array,
+                 prefetch: int = 2) -> host_tasks_lib.HostTasks:
+  """The task batches `train(..., sample_tasks, key=key)` draws on the
+  device, drawn again on the host, as a `HostTasks` pipeline.
+
+  Training on it gives the parameters of the sampled run (the key is split
+  alike either way); it serves to check a host pipeline, or the training
+  loop's host path, against the sampled run, and to look at the tasks a run
+  trained on. Each batch is sampled on the default device and copied to
+  NumPy; `make_iterator(s)` first walks the key chain `s` steps.
+
+  Args:
+    sample_tasks: `key -> Task` batch sampler.
+    key: the run's key.
+    prefetch: as in `HostTasks`.
+  """
+  sampler = tasks_lib.sampler_tree(sample_tasks)
+  sample = jax.jit(lambda s, k: s(jax.random.split(k, 3)[1]))
+  advance = jax.jit(lambda k: jax.random.split(k, 3)[0])
+
+  def make_iterator(start_step):
+    run_key = jax.random.split(key)[1]  # as in `init_state`
+    for _ in range(start_step):
+      run_key = advance(run_key)
+    while True:
+      yield jax.device_get(sample(sampler, run_key))
+      run_key = advance(run_key)
+
+  return host_tasks_lib.HostTasks(make_iterator, prefetch)
 
 
 def _check_int(name: str, value, least: int) -> None:

@@ -64,13 +64,14 @@ def test_implicit_meta_gradient_is_the_unrolled_one_at_convergence(
   assert max(float(jnp.abs(r).max()) for r in jax.tree.leaves(residual)) < 1e-9
 
 
-def test_meta_gradient_is_the_closed_form_of_the_paper(x64):
-  """(I + H / lam)^{-1} g with H the support Hessian at phi*, built as a
-  dense matrix for the tiny MLP."""
+@pytest.mark.parametrize("damping", [0.0, 3.0])
+def test_meta_gradient_is_the_closed_form_of_the_paper(x64, damping):
+  """((1 + damping) I + H / lam)^{-1} g with H the support Hessian at phi*,
+  built as a dense matrix for the tiny MLP; damping 0 is the paper's."""
   reg = 2.0
   learner = algorithms.imaml(lambda k: tiny_mlp_params(k, jnp.float64),
                              tiny_mlp, algorithms.mse, steps=300, lr=0.1,
-                             reg=reg, cg_steps=60)
+                             reg=reg, cg_steps=60, damping=damping)
   meta_params = learner.init(jax.random.PRNGKey(0))
   tasks = jax.tree.map(lambda x: x[:1].astype(jnp.float64),
                        tiny_tasks(jax.random.PRNGKey(2), 1))
@@ -81,7 +82,8 @@ def test_meta_gradient_is_the_closed_form_of_the_paper(x64):
   loss_fn = algorithms.supervised_loss(tiny_mlp, algorithms.mse)
   hessian = jax.hessian(lambda v: loss_fn(unravel(v), task.support))(flat)
   g = jax.grad(lambda v: loss_fn(unravel(v), task.query))(flat)
-  want = jnp.linalg.solve(jnp.eye(flat.size) + hessian / reg, g)
+  want = jnp.linalg.solve((1 + damping) * jnp.eye(flat.size) + hessian / reg,
+                          g)
   np.testing.assert_allclose(
       jax.flatten_util.ravel_pytree(grads["params"])[0], want, rtol=1e-7,
       atol=1e-10)
@@ -137,3 +139,5 @@ def test_bad_options_are_named():
     build(lr=0.1, inner_optimizer=optax.sgd(0.1))
   with pytest.raises(ValueError, match="steps must be >= 0"):
     build(cg_steps=-1)
+  with pytest.raises(ValueError, match="damping must be finite and >= 0"):
+    build(damping=-0.5)

@@ -14,13 +14,20 @@ import subprocess
 import sys
 import zipfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
+import metajax
+from metajax import algorithms
 from metajax.data.vision import episodes
+from metajax.data.vision import host_episodes
 from metajax.data.vision import omniglot
 from metajax.data.vision import tfds_source
+from metajax.models import Conv4
 
 # Two official sets, a few characters each; alphabet names with "_" and "()"
 # check that names survive the tfds ClassLabel round trip.
@@ -239,6 +246,26 @@ def test_omniglot_one_set(omniglot_tfds_dir):
                                          sets=sets)
     assert raw.names == EVALUATION and set(raw.sets) == {"evaluation"}
     np.testing.assert_array_equal(raw.images, both.images[3:])
+
+
+def test_tfds_drawings_train_through_a_tf_data_pipeline(omniglot_tfds_dir):
+  """tfds to the device end to end: drawings read by tfds, episodes built
+  by tf.data (`host_episodes.tf_episodes`), fed to `metajax.train`."""
+  raw = tfds_source.load_omniglot_tfds(data_dir=omniglot_tfds_dir)
+  dataset = episodes.make_dataset(omniglot.preprocess(raw), raw.names)
+  tasks = host_episodes.tf_episodes(dataset, ways=3, shots=1, query=2,
+                                    batch_size=2, seed=0)
+  net = Conv4(num_outputs=None, width=4)
+  embed = lambda params, x: net.apply(params, x.astype(jnp.float32) / 255)
+  learner = algorithms.protonet(
+      lambda k: net.init(k, jnp.zeros((1, 28, 28, 1))), embed, ways=3)
+  state = metajax.train(learner, optax.adam(1e-3), tasks,
+                        key=jax.random.PRNGKey(0), num_steps=4, log_every=2,
+                        progress=False)
+  assert int(state.step) == 4
+  accuracy = metajax.evaluate(learner, state.meta_params, tasks,
+                              algorithms.accuracy, num_tasks=4)
+  assert accuracy.shape == (4,) and np.all((0 <= accuracy) & (accuracy <= 1))
 
 
 # --- CIFAR-100 --------------------------------------------------------------

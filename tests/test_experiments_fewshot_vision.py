@@ -4,6 +4,7 @@ The main run is tested on the real Omniglot, or, on a clone without the
 real data, on synthetic files in its formats (`synthetic.VARIANT`).
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -215,6 +216,22 @@ def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(
     assert json.load(f1)["test"] == json.load(f2)["test"]
 
 
+@pytest.mark.parametrize("pipeline", ["numpy", "tf"])
+def test_host_built_episodes_train_and_resume_exactly(tmp_path, data,
+                                                      pipeline):
+  config = _config(*data, pipeline=pipeline, val_episodes=0, test_ways=(5,),
+                   eval_episodes=10, num_steps=6, log_every=3,
+                   checkpoint_every=3)
+  part = str(tmp_path / "part")
+  fv.train_and_evaluate(dataclasses.replace(config, num_steps=3), part)
+  resumed = fv.train_and_evaluate(config, part)
+  full = str(tmp_path / "full")
+  assert fv.train_and_evaluate(config, full)["test"] == resumed["test"]
+  a, b = _restore_state(part, config), _restore_state(full, config)
+  assert int(a.step) == 6
+  chex.assert_trees_all_equal(a.meta_params, b.meta_params)
+
+
 def test_bad_configurations_are_named(shared_data_dir, omniglot_cache,
                                       tmp_path):
   with pytest.raises(ValueError, match=r"tested 5-way only; got "
@@ -278,6 +295,7 @@ def test_episodes_that_cannot_be_drawn_are_refused_before_training(
     ("inner_lr", -0.4, "inner_lr must be a finite learning rate > 0"),
     ("outer_lr", float("nan"), "outer_lr must be a finite learning rate"),
     ("imaml_reg", 0.0, "imaml_reg must be finite and > 0, got 0.0"),
+    ("imaml_damping", -1.0, "imaml_damping must be finite and >= 0, got -1.0"),
     ("cg_steps", 0, "cg_steps must be >= 1"),
     ("inner_optimizer", "adam", "inner_optimizer='adam' is for maml, fomaml, "
      "anil and imaml; protonet takes gradient descent steps"),

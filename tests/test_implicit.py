@@ -52,6 +52,25 @@ def test_gradient_of_a_solution_is_the_closed_forms(x64, solve):
   chex.assert_trees_all_close(got, want, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("make", [implicit.conjugate_gradient,
+                                  implicit.gmres], ids=["cg", "gmres"])
+def test_ridge_solves_the_shifted_system(x64, make):
+  # An indefinite symmetric matrix, as a non-convex loss's Hessian is: the
+  # ridge shifts it to positive definite, where both solvers converge.
+  q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(2), (6, 6)))
+  a = q @ jnp.diag(jnp.array([-2.0, -0.5, 0.3, 1.0, 4.0, 9.0])) @ q.T
+  b = {"x": jnp.arange(6.0)}
+  got = make(maxiter=50, ridge=3.0)(lambda v: {"x": a @ v["x"]}, b)
+  np.testing.assert_allclose(got["x"], jnp.linalg.solve(a + 3.0 * jnp.eye(6),
+                                                        b["x"]), rtol=1e-9)
+
+
+@pytest.mark.parametrize("ridge", [-1.0, float("nan")])
+def test_bad_ridge_is_named(ridge):
+  with pytest.raises(ValueError, match="ridge must be finite and >= 0"):
+    implicit.conjugate_gradient(ridge=ridge)
+
+
 def test_args_as_data_get_no_gradient_and_theta_the_same(x64):
   a, b = _ridge(jax.random.PRNGKey(1))
   theta = jnp.ones(4)

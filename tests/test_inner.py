@@ -619,3 +619,99 @@ def test_a_loss_without_its_aux_is_named():
                   has_aux=True)
   with pytest.raises(ValueError, match=r"as \(loss, aux\) with has_aux=True"):
     metajax.adapt(_loss_with_aux, params, task.support, steps=1, lr=0.1)
+
+
+# Model state carried from step to step.
+
+def _stateful_loss(params, batch, state):
+  """A running mean of the hidden activations that the loss subtracts: the
+  state is read, updated and returned, as batch norm's running averages."""
+  x, y = batch
+  h = jnp.tanh(x @ params["w"])
+  mean = 0.5 * state["mean"] + 0.5 * jnp.mean(h, axis=0)
+  loss = jnp.mean((jnp.sum(h - mean, axis=1, keepdims=True) - y) ** 2)
+  return loss, {"mean": mean}
+
+
+def _stateful_problem():
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  params = {"w": jax.random.normal(k1, (2, 3), jnp.float64)}
+  x = jax.random.normal(k2, (2, 6, 2), jnp.float64)
+  y = jax.random.normal(k3, (2, 6, 1), jnp.float64)
+  task = metajax.Task((x[0], y[0]), (x[1], y[1]))
+  return params, task, {"mean": jnp.full(3, 0.1, jnp.float64)}
+
+
+@pytest.mark.parametrize("optimizer", [None, "momentum"])
+def test_model_state_is_carried_from_step_to_step(x64, optimizer):
+  params, task, state = _stateful_problem()
+  how = (dict(lr=0.2) if optimizer is None else
+         dict(optimizer=optax.sgd(0.2, momentum=0.9)))
+
+  def by_hand(p, s):
+    velocity = jax.tree.map(jnp.zeros_like, p)
+    for _ in range(3):
+      g, s = jax.grad(_stateful_loss, has_aux=True)(p, task.support, s)
+      if optimizer is None:
+        p = jax.tree.map(lambda a, b: a - 0.2 * b, p, g)
+      else:
+        velocity = jax.tree.map(lambda v, b: 0.9 * v + b, velocity, g)
+        p = jax.tree.map(lambda a, v: a - 0.2 * v, p, velocity)
+    return p, s
+
+  adapted, final = metajax.adapt(_stateful_loss, params, task.support,
+                                 steps=3, model_state=state, **how)
+  want_params, want_state = by_hand(params, state)
+  chex.assert_trees_all_close((adapted, final), (want_params, want_state),
+                              rtol=1e-12)
+  # The meta-gradient goes through the carried state, exactly.
+  meta_loss = lambda p: metajax.maml_loss(_stateful_loss, p, task, steps=3,
+                                          model_state=state, **how)
+  def by_hand_loss(p):
+    p, s = by_hand(p, state)
+    return _stateful_loss(p, task.query, s)[0]
+  np.testing.assert_allclose(meta_loss(params), by_hand_loss(params),
+                             rtol=1e-12)
+  chex.assert_trees_all_close(jax.grad(meta_loss)(params),
+                              jax.grad(by_hand_loss)(params), rtol=1e-10)
+  assert _directional_check(meta_loss, params, jax.random.PRNGKey(4)) < 1e-6
+  # return_adapted gives the state with the parameters.
+  _, (p, s) = metajax.maml_loss(_stateful_loss, params, task, steps=3,
+                                model_state=state, return_adapted=True, **how)
+  chex.assert_trees_all_close((p, s), (adapted, final), rtol=1e-12)
+
+
+def test_model_state_with_aux_and_remat(x64):
+  params, task, state = _stateful_problem()
+
+  def with_aux(p, batch, s):
+    loss, s = _stateful_loss(p, batch, s)
+    return loss, (s, {"loss": loss})
+
+  adapted, final, aux = metajax.adapt(with_aux, params, task.support,
+                                      steps=4, lr=0.1, model_state=state,
+                                      has_aux=True, remat=True)
+  chex.assert_trees_all_close(
+      (adapted, final), metajax.adapt(_stateful_loss, params, task.support,
+                                      steps=4, lr=0.1, model_state=state),
+      rtol=1e-12)
+  assert aux["loss"].shape == (4,)
+  g = jax.grad(lambda p: metajax.maml_loss(
+      with_aux, p, task, steps=4, lr=0.1, model_state=state, has_aux=True,
+      remat=True)[0])(params)
+  g_plain = jax.grad(lambda p: metajax.maml_loss(
+      _stateful_loss, p, task, steps=4, lr=0.1, model_state=state))(params)
+  chex.assert_trees_all_close(g, g_plain, rtol=1e-10)
+
+
+def test_a_model_state_of_another_shape_or_form_is_named(x64):
+  params, task, state = _stateful_problem()
+  grow = lambda p, b, s: (_stateful_loss(p, b, s)[0],
+                          {"mean": jnp.zeros(4, jnp.float64)})
+  with pytest.raises(ValueError, match="new model state must have the "
+                     "structure, shapes and dtypes of model_state"):
+    metajax.adapt(grow, params, task.support, steps=1, lr=0.1,
+                  model_state=state)
+  with pytest.raises(ValueError, match=r"must return \(loss, new_state\)"):
+    metajax.adapt(lambda p, b, s: _stateful_loss(p, b, s)[0], params,
+                  task.support, steps=1, lr=0.1, model_state=state)

@@ -65,8 +65,8 @@ def eval_fn(meta_params):
   eval_devices.append(len(jax.tree.leaves(meta_params)[0].devices()))
   return {}
 
-def run(num_steps, mesh, workdir=None):
-  return metajax.train(learner, optax.adam(1e-2), sampler, key=key,
+def run(num_steps, mesh, workdir=None, tasks=sampler):
+  return metajax.train(learner, optax.adam(1e-2), tasks, key=key,
                        num_steps=num_steps, workdir=workdir, log_every=3,
                        checkpoint_every=3, progress=False, mesh=mesh,
                        eval_fn=eval_fn, eval_every=3)
@@ -90,6 +90,10 @@ if mode == "single":
   out["resumed_step"] = int(resumed.step)
   out["replicated"] = replicated(resumed)
   out["eval_devices"] = eval_devices
+  # The same batches made on the host, fed and split over the devices.
+  fed = run(6, mesh, tasks=metajax.training.replay_tasks(sampler, key))
+  out["fed_sharded"] = params(fed)
+  out["fed_replicated"] = replicated(fed)
 
   x = sharding.shard_tasks(sampler(key), mesh).support[0]
   out["split_on_tasks"] = (
@@ -128,6 +132,9 @@ else:
   out["restored_step"] = int(restored.step)
   out["restored_replicated"] = replicated(restored)
   out["restored_equal"] = params(restored) == out["params"]
+  # Each process's pipeline yields the whole batch; each feeds its devices.
+  out["fed_params"] = params(
+      run(6, mesh, tasks=metajax.training.replay_tasks(sampler, key)))
 print("RESULT " + json.dumps(out))
 """
 
@@ -209,6 +216,17 @@ def test_each_device_holds_and_samples_its_own_tasks(single):
   assert single["full_batch_arrays"] == []
   assert "f32[2,10,1]" in single["device_batch_arrays"]  # x of 5 + 5 points
   assert single["all_reduce"]
+
+
+def test_host_fed_batches_split_over_devices_and_hosts(runs):
+  """The sampled run's batches, made on the host and fed: on four devices
+  of one process, and on two processes of two devices each."""
+  single, results, _ = runs
+  assert single["fed_replicated"]
+  for fed in (single["fed_sharded"], results[0]["fed_params"],
+              results[1]["fed_params"]):
+    for got, want in zip(fed, single["plain"]):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_an_indivisible_meta_batch_is_refused(single):

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax import tasks as tasks_lib
+from metajax.host_tasks import HostTasks
+from metajax.host_tasks import Prefetcher
 from metajax.algorithms import MetaLearner
 from metajax.algorithms import accuracy  # re-exported for metric_fn
 from metajax.algorithms import resolve_task_chunk
@@ -198,9 +200,9 @@ def _check_scoring(learner: MetaLearner, meta_params: PyTree,
 
 
 def evaluate(learner: MetaLearner, meta_params: PyTree,
-             sample_tasks: TaskSampler, metric_fn: MetricFn, *,
-             key: jax.Array, num_tasks: int,
-             task_chunk: Union[int, str, None] = "auto",
+             sample_tasks: Union[TaskSampler, HostTasks],
+             metric_fn: MetricFn, *, key: Optional[jax.Array] = None,
+             num_tasks: int, task_chunk: Union[int, str, None] = "auto",
              adapt_steps: Optional[int] = None) -> np.ndarray:
   """Per-task metric over `num_tasks` freshly sampled tasks.
 
@@ -213,10 +215,14 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
     meta_params: trained meta-parameters.
     sample_tasks: `sample_tasks(key) -> Task` batch (a leading task axis of
       at least one task on every leaf); batches are drawn from successive
-      splits of `key` until `num_tasks` tasks are scored.
+      splits of `key` until `num_tasks` tasks are scored. Or a
+      `metajax.host_tasks.HostTasks` pipeline, whose batches from step 0 on
+      are scored in turn (each is put on the device while the one before
+      is scored).
     metric_fn: `metric_fn(predictions, query_targets) -> scalar` of one task
       (bool, int or float).
     key: PRNG key; the same key gives the same tasks for every learner.
+      Required with a sampler; a `HostTasks` pipeline takes none.
     num_tasks: how many tasks to score, an int >= 1.
     task_chunk: tasks scored at a time within a batch, as in `task_metrics`:
       "auto" (one at a time on the CPU, where the whole batch's activations
@@ -240,15 +246,40 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
   """
   resolve_task_chunk(task_chunk)  # a bad value fails before any tracing
   num_tasks = _check_num_tasks(num_tasks)
+  scores = task_metrics(learner, metric_fn, task_chunk=task_chunk,
+                        adapt_steps=adapt_steps)
+  if isinstance(sample_tasks, HostTasks):
+    if key is not None:
+      raise ValueError("evaluate: a HostTasks pipeline fixes its own "
+                       "batches; pass key=None.")
+    return _evaluate_fed(scores, learner, meta_params, sample_tasks,
+                         metric_fn, num_tasks, adapt_steps)
+  if key is None:
+    raise ValueError("evaluate: a task sampler needs a PRNG key.")
   sample_tasks = tasks_lib.sampler_tree(sample_tasks)
   batch_size = _check_scoring(learner, meta_params, sample_tasks, metric_fn,
                               key, adapt_steps)
-  scores = task_metrics(learner, metric_fn, task_chunk=task_chunk,
-                        adapt_steps=adapt_steps)
   score = jax.jit(lambda mp, k, sampler: scores(mp, sampler(k)))
   values = []
   for _ in range(-(-num_tasks // batch_size)):
     key, sub = jax.random.split(key)
-    values.append(np.asarray(score(meta_params, sub, sample_tasks),
-                             np.float64))
-  return np.concatenate(values)[:num_tasks]
+    values.append(score(meta_params, sub, sample_tasks))
+  return np.concatenate(jax.device_get(values)).astype(
+      np.float64)[:num_tasks]
+
+
+def _evaluate_fed(scores, learner, meta_params, host_tasks, metric_fn,
+                  num_tasks, adapt_steps) -> np.ndarray:
+  """`evaluate` over a `HostTasks` pipeline's batches, from step 0 on."""
+  with Prefetcher(host_tasks, 0) as feed:
+    example = feed.signature
+    batch_size = _check_scoring(
+        learner, meta_params,
+        lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                               example),
+        metric_fn, jax.random.PRNGKey(0), adapt_steps)
+    score = jax.jit(scores)
+    values = [score(meta_params, next(feed))
+              for _ in range(-(-num_tasks // batch_size))]
+  return np.concatenate(jax.device_get(values)).astype(
+      np.float64)[:num_tasks]

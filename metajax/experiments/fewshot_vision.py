@@ -34,6 +34,7 @@ from metajax import summary
 from metajax.data import download
 from metajax.data import paths
 from metajax.data.vision import episodes
+from metajax.data.vision import host_episodes
 from metajax.data.vision import mini_imagenet
 from metajax.data.vision import omniglot
 from metajax.data.vision import omniglot_official
@@ -187,12 +188,17 @@ def _classifier(build):
       options = dict(inner_optimizer=INNER_OPTIMIZERS[
           config.inner_optimizer](config.inner_lr))
     if build is algorithms.imaml:
-      options.update(reg=config.imaml_reg, cg_steps=config.cg_steps)
+      options.update(reg=config.imaml_reg, cg_steps=config.cg_steps,
+                     damping=config.imaml_damping)
     return build(init_fn, apply_fn, algorithms.cross_entropy,
                  steps=config.inner_steps,
                  metrics=algorithms.classification_metrics, **options)
   return make
 
+
+# {--pipeline: the builder of host-made training episodes}.
+HOST_PIPELINES = {"numpy": host_episodes.numpy_episodes,
+                  "tf": host_episodes.tf_episodes}
 
 # The inner loop's optimiser at --inner_lr ("sgd": gradient descent).
 INNER_OPTIMIZERS = {
@@ -269,6 +275,13 @@ class Config(harness.RunConfig):
       "zips under <data_dir>/omniglot, a prepared tfds dataset in "
       "--data_dir, or a checked download into the cache.",
       choices=tuple(OMNIGLOT_SOURCES))
+  pipeline: str = field(
+      "device", "Where training episodes are built: on the device inside "
+      "the compiled step (fastest when the split fits in device memory), "
+      "or on the host by NumPy or a tf.data pipeline (fed to the device "
+      "while it trains). Validation and test episodes are always drawn on "
+      "the device, so every run is scored on the same episodes.",
+      choices=("device",) + tuple(HOST_PIPELINES))
   backbone: str = field("conv4", "Network.", choices=tuple(BACKBONES))
   trust_download: bool = field(
       False, "With --source=download: accept the official full zips, whose "
@@ -296,6 +309,10 @@ class Config(harness.RunConfig):
   imaml_reg: float = field(2.0, "iMAML's proximal strength lambda.")
   cg_steps: int = field(5, "iMAML's conjugate-gradient iterations per "
                         "meta-gradient.")
+  imaml_damping: float = field(
+      10.0, "iMAML's damping: CG solves ((1 + damping) I + H / lambda) x = "
+      "g. Conv4's support Hessian is indefinite and the undamped system "
+      "(0, the paper's equation) makes CG diverge; see docs/imaml.md.")
   outer_lr: float = field(1e-3, "Adam learning rate.")
   lr_halve_every: int = field(0, "Halve the outer learning rate every N "
                               "steps (0: never).")
@@ -335,6 +352,9 @@ class Config(harness.RunConfig):
     harness.check_positive(self, ("test_shots", "test_inner_steps",
                                   "lr_halve_every", "eval_every",
                                   "val_episodes"), least=0)
+    if not (np.isfinite(self.imaml_damping) and self.imaml_damping >= 0):
+      raise ValueError(f"imaml_damping must be finite and >= 0, got "
+                       f"{self.imaml_damping}.")
     if not (np.isfinite(self.imaml_reg) and self.imaml_reg > 0):
       raise ValueError(f"imaml_reg must be finite and > 0, got "
                        f"{self.imaml_reg}.")
@@ -442,13 +462,22 @@ def _accuracy(config: Config, learner, meta_params, dataset, ways: int,
                   adapt_steps=_test_steps(config))
 
 
+def train_tasks(config: Config, dataset: episodes.ClassDataset):
+  """The training episodes of `--pipeline`: a `key -> Task` sampler run on
+  the device, or a `metajax.HostTasks` pipeline built on the host from
+  `--seed` (NumPy or tf.data)."""
+  sizes = dict(ways=config.ways, shots=config.shots, query=config.query,
+               batch_size=config.meta_batch_size, split="train")
+  if config.pipeline == "device":
+    return episodes.episode_sampler(dataset, **sizes)
+  return HOST_PIPELINES[config.pipeline](dataset, seed=config.seed, **sizes)
+
+
 def _run(config: Config, workdir: str, splits: Splits) -> Dict:
   """Meta-trains (resuming), tests at every test way count, plots."""
   train_key, val_key, test_key = jax.random.split(
       jax.random.PRNGKey(config.seed), 3)
-  sampler = episodes.episode_sampler(
-      splits["train"], ways=config.ways, shots=config.shots,
-      query=config.query, batch_size=config.meta_batch_size, split="train")
+  sampler = train_tasks(config, splits["train"])
   eval_fn = None
   if "val" in splits and config.val_episodes:
     val_ways = config.test_ways[0]
