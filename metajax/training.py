@@ -4,7 +4,10 @@ The loop state is a `TrainState` PyTree (step, meta-parameters, optimiser state,
 PRNG key). Tasks are sampled on the device inside the compiled step from a key
 split off the state's key, so a run is a pure function of its seed: restarting
 from a checkpoint replays exactly the same tasks and reaches exactly the same
-parameters as an uninterrupted run.
+parameters as an uninterrupted run. Tasks made on the host instead come from
+a `metajax.host_tasks.HostTasks` pipeline, a pure function of the step that
+a resumed run restarts at its step; each is put on the device while the
+step before it runs, and the step is compiled once, for one batch.
 
 `log_every` meta-steps run inside one compiled `lax.scan` call, which keeps
 Python out of the inner loop of small models; metrics are averaged over those
@@ -203,7 +206,8 @@ def make_train_step(learner: MetaLearner,
 
 
 def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
-          sample_tasks: TaskSampler, *, key: jax.Array, num_steps: int,
+          sample_tasks: Union[TaskSampler, host_tasks_lib.HostTasks], *,
+          key: jax.Array, num_steps: int,
           workdir: Optional[str] = None, log_every: int = 100,
           checkpoint_every: int = 1000, halt_on_nonfinite: bool = True,
           eval_fn: Optional[Callable[[PyTree], Dict[str, float]]] = None,
@@ -217,7 +221,10 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
   Args:
     learner: any `MetaLearner`.
     optimizer: the outer optax optimiser.
-    sample_tasks: traceable `sample_tasks(key) -> Task` batch.
+    sample_tasks: traceable `sample_tasks(key) -> Task` batch, run inside
+      the compiled step; or a `metajax.HostTasks` pipeline of batches made
+      on the host, prefetched to the device (split over `mesh`), one
+      compiled call per step.
     key: PRNG key for the run; together with the flags it fixes the result.
     num_steps: total meta-steps of the run (not of this call: a resumed run
       continues to `num_steps`).
@@ -326,24 +333,27 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
   return state
 
 
+def _fed_sharding(mesh: Optional[jax.sharding.Mesh]):
+  """Where a fed batch `[1, n_tasks, ...]` goes: split along its task axis
+  over `mesh`, or the default device (None)."""
+  return None if mesh is None else sharding_lib.task_sharding(mesh, axis=1)
+
+
 def _feed(host_tasks: host_tasks_lib.HostTasks, start: int,
           mesh: Optional[jax.sharding.Mesh]) -> host_tasks_lib.Prefetcher:
   """The run's batches from step `start` on, each `[1, n_tasks, ...]` on
-  the device (split over `mesh` along the task axis)."""
-  sharding = None if mesh is None else sharding_lib.task_sharding(mesh,
-                                                                  axis=1)
-  return host_tasks_lib.Prefetcher(host_tasks, start, sharding=sharding,
-                                   expand=True)
+  the device."""
+  return host_tasks_lib.Prefetcher(host_tasks, start,
+                                   sharding=_fed_sharding(mesh), expand=True)
 
 
 def _stacked_example(signature, mesh):
   """What a fed one-step `step_fn` is compiled for: `signature`'s leaves with
   a leading axis of 1, placed as `_feed` places them."""
-  sharding = None if mesh is None else sharding_lib.task_sharding(mesh,
-                                                                  axis=1)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct((1,) + s.shape, s.dtype,
-                                                     sharding=sharding),
-                      signature)
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct((1,) + s.shape, s.dtype,
+                                     sharding=_fed_sharding(mesh)),
+      signature)
 
 
 def _run_fed(feed, step_fn, state, stop_at, n):
