@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax import tasks as tasks_lib
-from metajax.host_tasks import HostTasks
-from metajax.host_tasks import Prefetcher
 from metajax.algorithms import MetaLearner
 from metajax.algorithms import accuracy  # re-exported for metric_fn
 from metajax.algorithms import resolve_task_chunk
+from metajax.host_tasks import HostTasks
+from metajax.host_tasks import Prefetcher
 from metajax.types import PyTree
 from metajax.types import TaskSampler
 
