@@ -1,7 +1,8 @@
 r"""Time and memory of one meta-gradient per inner optimiser, and iMAML's.
 
   python benchmarks/inner_optimizers.py
-  python benchmarks/inner_optimizers.py --ways=20 --steps=5,20 --rounds=5
+  python benchmarks/inner_optimizers.py --ways=20 --batch=16 --steps=1,16 \
+      --imaml_reg=0.1 --imaml_damping=200 --rounds=3
 
 The workload is the few-shot experiment's learner (`fewshot_vision.
 make_learner`: Conv4 with strided convolutions, 64 filters, Omniglot's
@@ -13,7 +14,9 @@ For each number of inner steps in `--steps`, the meta-gradients of
 * MAML with gradient descent (`--inner_optimizer=sgd`, the default path),
   with `optax.sgd` at the same rate, with momentum and with Adam;
 * MAML with `remat` (rematerialised inner steps);
-* iMAML with gradient descent (`--cg_steps` conjugate-gradient iterations)
+* iMAML with gradient descent (`--cg_steps` conjugate-gradient iterations,
+  `--imaml_reg` and `--imaml_damping`: CG may stop early, so they can
+  change its cost)
 
 are compiled, then timed `--rounds` times each, in turn, in this one
 process (`student_performance.side_by_side_times`); the table gives the
@@ -43,6 +46,8 @@ flags.DEFINE_integer("batch", 4, "Episodes per meta-gradient.")
 flags.DEFINE_list("steps", ["5", "20"], "Inner steps to compare.")
 flags.DEFINE_integer("rounds", 5, "Timed meta-gradients of each learner.")
 flags.DEFINE_integer("cg_steps", 5, "iMAML's conjugate-gradient iterations.")
+flags.DEFINE_float("imaml_reg", 2.0, "iMAML's proximal strength lambda.")
+flags.DEFINE_float("imaml_damping", 10.0, "iMAML's damping.")
 flags.DEFINE_bool("json", False, "Print one JSON object per row.")
 FLAGS = flags.FLAGS
 
@@ -76,7 +81,8 @@ def _learners(steps: int):
       init_fn, apply_fn, algorithms.cross_entropy, steps=steps, lr=0.4,
       remat=True)
   learners["imaml"] = fv.make_learner(
-      dataclasses.replace(base, algorithm="imaml"), FLAGS.ways)
+      dataclasses.replace(base, algorithm="imaml", imaml_reg=FLAGS.imaml_reg,
+                          imaml_damping=FLAGS.imaml_damping), FLAGS.ways)
   return learners
 
 
@@ -109,7 +115,9 @@ def main(argv):
       print(json.dumps(row))
     return
   print(f"{FLAGS.ways}-way 1-shot, {FLAGS.batch} episodes per "
-        f"meta-gradient, median of {FLAGS.rounds} ({jax.default_backend()})")
+        f"meta-gradient, median of {FLAGS.rounds} ({jax.default_backend()}); "
+        f"imaml: lambda {FLAGS.imaml_reg:g}, damping {FLAGS.imaml_damping:g}, "
+        f"{FLAGS.cg_steps} CG steps")
   print("| inner steps | learner | ms | ratio to sgd | XLA temp MB |")
   print("| --- | --- | --- | --- | --- |")
   for r in rows:
