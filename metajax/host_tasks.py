@@ -13,16 +13,18 @@ function of the step: `make_iterator(start_step)` yields the batches of steps
 `tf.data.Dataset.range(start_step, ...)` - and a resumed run sees exactly
 what an uninterrupted one saw.
 
-Batches are converted and put on the device by a background thread,
-`prefetch` steps ahead of the step that uses them, and split over the task
-mesh when there is one. Every batch must have the shapes and dtypes of the
+Batches are converted and put on the device by a background thread ahead of
+the step that uses them, and split over the task mesh when there is one.
+`metajax.train` stacks the batches of several steps into one compiled call
+(a scan over them): on a CPU each call has a fixed cost that one-step calls
+would pay at every step. Every batch must have the shapes and dtypes of the
 first: the step is compiled once for them, and a batch that differs is an
 error naming the step and the leaf, not a silent recompilation.
 """
 
 import queue
 import threading
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional, Union
 
 import jax
 import numpy as np
@@ -41,8 +43,8 @@ class HostTasks(NamedTuple):
       output, lists), each `[n_tasks, n_examples, ...]` with the same shapes
       and dtypes in every batch. It must be a pure function of `start_step`
       for a resumed run to equal an uninterrupted one.
-    prefetch: batches kept ready on the device ahead of the step that uses
-      them (>= 1).
+    prefetch: items (batches, or `metajax.train`'s stacks of batches) kept
+      ready on the device ahead of the call that uses them (>= 1).
   """
   make_iterator: Callable[[int], Iterator[tasks_lib.Task]]
   prefetch: int = 2
@@ -108,7 +110,7 @@ class _Failure(NamedTuple):
   error: BaseException
 
 
-_END = object()
+_END = object()  # next(iterator, _END): the pipeline has ended.
 
 
 class Prefetcher:
@@ -116,37 +118,51 @@ class Prefetcher:
 
   A background thread reads the pipeline, checks each batch against the
   first, and puts it on the device (`jax.device_put` with `sharding`, or
-  the default device), keeping `prefetch` batches ready. An error in the
-  pipeline is raised by `next` at the step it belongs to. Use as a context
-  manager, or call `close`, to stop the thread.
+  the default device), keeping `prefetch` items ready. An error in the
+  pipeline is raised by `next` at the item holding the step it belongs to.
+  Use as a context manager, or call `close`, to stop the thread.
 
   Args:
     host_tasks: the pipeline.
     start_step: the step of the first batch.
-    sharding: where to put each batch, e.g. split along the task axis over
+    sharding: where to put each item, e.g. split along the task axis over
       a mesh (`metajax.sharding.task_sharding`); None for the default
       device. With a mesh over several hosts, every process's pipeline
       must yield the whole batch; each takes its own devices' slice.
-    expand: add a leading axis of size 1 to every leaf (a one-step scan's
-      `xs`).
+    stack: None yields one batch per item; an integer k >= 1 yields the
+      batches of k consecutive steps stacked on a new leading axis
+      (`[k, n_tasks, ...]`: a k-step scan's `xs`), or a function of the
+      first batch's `signature` that returns k. `self.stack` is the k used.
+    stop_step: no batch at or past this step is read; the stack that
+      reaches it is filled up with copies of its last batch (slots for the
+      caller to skip). None reads on until the pipeline ends.
   """
 
   def __init__(self, host_tasks: HostTasks, start_step: int, *,
                sharding: Optional[jax.sharding.Sharding] = None,
-               expand: bool = False):
+               stack: Union[None, int, Callable[[PyTree], int]] = None,
+               stop_step: Optional[int] = None):
     check(host_tasks)
+    if stop_step is not None and stop_step <= start_step:
+      raise ValueError(f"stop_step ({stop_step}) must come after "
+                       f"start_step ({start_step}).")
     self._queue = queue.Queue(maxsize=host_tasks.prefetch)
     self._stop = threading.Event()
-    self._sharding, self._expand = sharding, expand
+    self._sharding, self._stop_step = sharding, stop_step
     self.step = start_step
     iterator = iter(host_tasks.make_iterator(start_step))
     # The first batch is read here, so that its errors and its signature
     # come before anything is compiled.
     first = self._first(iterator, start_step)
     self.signature = signature(first)
-    self._queue.put(self._place(first))
+    self.stack = stack(self.signature) if callable(stack) else stack
+    if self.stack is not None and (isinstance(self.stack, bool) or
+                                   not isinstance(self.stack, int) or
+                                   self.stack < 1):
+      raise ValueError(f"Prefetcher stack must be None or an integer >= 1, "
+                       f"got {self.stack!r}.")
     self._thread = threading.Thread(target=self._fill,
-                                    args=(iterator, start_step + 1),
+                                    args=(iterator, first, start_step + 1),
                                     daemon=True)
     self._thread.start()
 
@@ -159,16 +175,19 @@ class Prefetcher:
                        f"{step}.") from None
     return to_numpy(batch, step)
 
-  def _place(self, batch):
-    if self._expand:
-      batch = jax.tree.map(lambda x: x[None], batch)
+  def _place(self, batches):
+    if self.stack is None:
+      (item,) = batches
+    else:
+      batches = batches + batches[-1:] * (self.stack - len(batches))
+      item = jax.tree.map(lambda *x: np.stack(x), *batches)
     if self._sharding is None:
-      return jax.device_put(batch)
+      return jax.device_put(item)
     sharding = self._sharding
     return jax.tree.map(
         lambda x: jax.make_array_from_callback(x.shape, sharding,
                                                lambda index: x[index]),
-        batch)
+        item)
 
   def _put(self, item) -> bool:
     while not self._stop.is_set():
@@ -179,15 +198,25 @@ class Prefetcher:
         continue
     return False
 
-  def _fill(self, iterator, step):
+  def _fill(self, iterator, first, step):
+    """Reads the batches of `step` on (`first` is the one before it)."""
+    size, pending = self.stack or 1, [first]
     try:
-      for batch in iterator:
+      while True:
+        if len(pending) == size or step == self._stop_step:
+          if not self._put(self._place(pending)) or step == self._stop_step:
+            return
+          pending = []
+        batch = next(iterator, _END)
+        if batch is _END:
+          self._put(_Failure(ValueError(
+              f"the host task pipeline ended before step {step}: it must "
+              f"yield a batch for every step of the run.")))
+          return
         batch = to_numpy(batch, step)
         check_like(batch, self.signature, step)
-        if not self._put(self._place(batch)):
-          return
+        pending.append(batch)
         step += 1
-      self._put(_END)
     except BaseException as e:  # pylint: disable=broad-except
       self._put(_Failure(e))
 
@@ -196,15 +225,10 @@ class Prefetcher:
 
   def __next__(self) -> tasks_lib.Task:
     item = self._queue.get()
-    if item is _END:
-      self._queue.put(_END)
-      raise ValueError(f"the host task pipeline ended before step "
-                       f"{self.step}: it must yield a batch for every step "
-                       f"of the run.")
     if isinstance(item, _Failure):
-      self._queue.put(item)
+      self._queue.put(item)  # Every later call fails alike.
       raise item.error
-    self.step += 1
+    self.step += self.stack or 1
     return item
 
   def close(self) -> None:

@@ -116,3 +116,22 @@ def test_concat_pads_and_keeps_every_class():
   with pytest.raises(ValueError, match="image shapes"):
     episodes.concat([a, episodes.make_dataset(
         np.zeros((1, 2, 3, 3), np.uint8), ["x"])])
+
+
+def test_class_batches_carry_each_image_s_own_class():
+  ds = _dataset(classes=6, examples=6, counts=np.array([3, 6, 6, 6, 2, 6]))
+  sampler = episodes.class_batch_sampler(ds, batch_size=400)
+  task = jax.jit(lambda s, k: s(k))(sampler, jax.random.PRNGKey(0))
+  (xs, ys), (xq, yq) = task
+  assert xs.shape == (1, 200, 2, 2, 1) and yq.shape == (1, 200)
+  x = np.concatenate([xs[0], xq[0]])
+  y = np.concatenate([ys[0], yq[0]])
+  classes, examples = _origin(x)
+  np.testing.assert_array_equal(classes, y)  # global labels
+  assert set(classes) == set(range(6))
+  assert np.all(examples < ds.counts[classes])  # never a padding row
+
+
+def test_class_batches_need_two_images():
+  with pytest.raises(ValueError, match="batch_size must be an int >= 2"):
+    episodes.class_batch_sampler(_dataset(), batch_size=1)

@@ -7,6 +7,7 @@ real data, on synthetic files in its formats (`synthetic.VARIANT`).
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,6 +298,13 @@ def test_episodes_that_cannot_be_drawn_are_refused_before_training(
     ("imaml_reg", 0.0, "imaml_reg must be finite and > 0, got 0.0"),
     ("imaml_damping", -1.0, "imaml_damping must be finite and >= 0, got -1.0"),
     ("cg_steps", 0, "cg_steps must be >= 1"),
+    ("aq_eps", -1.0, "aq_eps must be finite and >= 0, got -1.0"),
+    ("test_attack_step_size", float("inf"), "test_attack_step_size must be "
+     "finite"),
+    ("test_attack_steps", -1, "test_attack_steps must be >= 0"),
+    ("probe_c", 0.0, "probe_c must be finite and > 0"),
+    ("distill_weight", 1.5, r"distill_weight must be in \[0, 1\]"),
+    ("distill_from", "workdirs/t", "distill_from is for --algorithm=pretrain"),
     ("inner_optimizer", "adam", "inner_optimizer='adam' is for maml, fomaml, "
      "anil and imaml; protonet takes gradient descent steps"),
 ])
@@ -319,3 +327,71 @@ def test_a_rerun_with_other_training_settings_is_refused(protonet_run):
   with open(os.path.join(workdir, "results.json")) as f:
     assert f.read() == before  # nothing relabelled
   assert fv.read_config(workdir) == config
+
+
+def test_a_finished_run_is_rescored_under_attack(protonet_run, tmp_path):
+  """--test_attack_steps re-evaluates a finished workdir (no training) on
+  the same test episodes, attacked: the natural learner loses accuracy."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(protonet_run[0], workdir)
+  config = dataclasses.replace(fv.read_config(workdir), test_attack_steps=5,
+                               test_attack_eps=64.0,
+                               test_attack_step_size=16.0)
+  results = fv.train_and_evaluate(config, workdir)
+  assert results["steps"] == protonet_run[1]["steps"]
+  for clean, now in zip(protonet_run[1]["test"], results["test"]):
+    assert now["accuracy"] == clean["accuracy"]
+    attack = now["attack"]
+    assert (attack["eps"], attack["steps"], attack["step_size"]) == (
+        64.0, 5, 16.0)
+    assert attack["robust_accuracy"] < clean["accuracy"] - 0.1
+  assert "under PGD (eps 64/255, 5 steps of 16/255)" in fv.format_results(
+      results)
+
+
+def test_adversarial_querying_trains_on_attacked_queries(data, tmp_path):
+  """An --adversarial_query run's training loss is its loss on attacked
+  queries: higher than a natural run's at the same step and parameters."""
+  config = _config(*data, num_steps=5, log_every=5, eval_every=0,
+                   test_ways=(5,), eval_episodes=4, adversarial_query=True,
+                   aq_eps=64.0, aq_step_size=32.0, aq_steps=2)
+  results = fv.train_and_evaluate(config, str(tmp_path / "aq"))
+  assert results["steps"] == 5
+  learner = fv.make_learner(config, 5)
+  natural = fv.make_learner(dataclasses.replace(config,
+                                                adversarial_query=False), 5)
+  params = checkpoint.restore_params(str(tmp_path / "aq"),
+                                     learner.init(jax.random.PRNGKey(0)))
+  tasks = fv.train_tasks(config, fv.load_splits(config)["train"])(
+      jax.random.PRNGKey(7))
+  _, attacked = jax.jit(learner.meta_grad)(params, tasks,
+                                           jax.random.PRNGKey(8))
+  _, clean = jax.jit(natural.meta_grad)(params, tasks, jax.random.PRNGKey(8))
+  assert attacked["loss"] > clean["loss"]
+
+
+def test_whole_class_pretraining_and_its_born_again_student(data, tmp_path):
+  teacher_dir, student_dir = str(tmp_path / "teacher"), str(tmp_path / "s")
+  base = dict(algorithm="pretrain", batch_size=32, num_steps=10,
+              log_every=5, eval_every=0, test_ways=(5,), eval_episodes=6,
+              probe_steps=10)
+  teacher = fv.train_and_evaluate(_config(*data, **base), teacher_dir)
+  assert teacher["steps"] == 10 and 0 <= teacher["test"][0]["accuracy"] <= 1
+  # A teacher of another network is refused before any training.
+  with pytest.raises(ValueError, match=r"--width=8 there, 16 here"):
+    fv.train_and_evaluate(_config(*data, **base, width=16,
+                                  distill_from=teacher_dir), student_dir)
+  assert not os.path.exists(os.path.join(student_dir, "checkpoints"))
+  student = fv.train_and_evaluate(
+      _config(*data, **base, distill_from=teacher_dir), student_dir)
+  assert student["steps"] == 10
+  records = metajax.summary.read_metrics(
+      os.path.join(student_dir, "metrics.jsonl"))
+  assert all(0 <= r["agreement"] <= 1 for r in records if "agreement" in r)
+  assert any("agreement" in r for r in records)
+  # Its predictor classifies raw drawings like any learner's.
+  predict = fv.load_predictor(student_dir)
+  rng = np.random.default_rng(0)
+  drawings = rng.integers(0, 2, (10, 105, 105)).astype(np.uint8) * 255
+  logits = predict(drawings[:5], np.arange(5), drawings[5:])
+  assert logits.shape == (5, 5) and np.all(np.isfinite(logits))

@@ -68,6 +68,46 @@ def test_fed_run_equals_the_sampled_run():
   np.testing.assert_array_equal(fed.key, sampled.key)
 
 
+# A batch of SAMPLER's is four float32[4, 5, 1] leaves: 320 bytes.
+@pytest.mark.parametrize("max_bytes,stack", [(0, 1), (700, 2), (1 << 20, 4)])
+def test_stacked_fed_calls_equal_the_sampled_run(monkeypatch, max_bytes,
+                                                 stack):
+  """However many steps one fed call scans over (a 7-step run ends in a
+  padded stack), the run is the sampled one."""
+  assert training.fed_stack(host_tasks.signature(SAMPLER(KEY)), 4,
+                            max_bytes) == stack
+  monkeypatch.setattr(training, "FED_STACK_BYTES", max_bytes)
+  sampled = _train(SAMPLER, 7, log_every=4, checkpoint_every=4)
+  fed = _train(training.replay_tasks(SAMPLER, KEY), 7, log_every=4,
+               checkpoint_every=4)
+  assert int(fed.step) == 7
+  chex.assert_trees_all_close(fed.meta_params, sampled.meta_params,
+                              rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(fed.key, sampled.key)
+
+
+def test_fed_stack_is_the_largest_divisor_that_fits():
+  sig = {"x": jax.ShapeDtypeStruct((10, 25), np.float32)}  # 1,000 bytes
+  assert training.fed_stack(sig, 100, max_bytes=10**6) == 100
+  assert training.fed_stack(sig, 100, max_bytes=30_000) == 25
+  assert training.fed_stack(sig, 7, max_bytes=6_999) == 1
+  assert training.fed_stack(sig, 100, max_bytes=10) == 1  # never below 1
+
+
+def test_prefetcher_stacks_pads_and_reads_nothing_past_stop():
+  pipeline = _numpy_pipeline(fail_at=7)  # raises if read at step 7
+  batches = [b for b, _ in zip(_numpy_pipeline().make_iterator(2), range(5))]
+  with host_tasks.Prefetcher(pipeline, 2, stack=2, stop_step=7) as feed:
+    stacks = [next(feed) for _ in range(3)]
+    assert feed.step == 8
+  for i, stacked in enumerate(stacks):
+    assert stacked.support[0].shape == (2, 4, 5, 1)
+    for slot in range(2):
+      want = batches[min(2 * i + slot, 4)]  # the last slot repeats step 6
+      np.testing.assert_array_equal(stacked.support[0][slot],
+                                    want.support[0])
+
+
 def test_replay_from_a_later_step_is_the_same_batch():
   whole = training.replay_tasks(SAMPLER, KEY).make_iterator(0)
   batches = [next(whole) for _ in range(4)]

@@ -2,6 +2,7 @@
 
 from metajax.algorithms import bobcat as bobcat_lib
 from metajax.algorithms import neural_process
+from metajax.algorithms import pretrain as pretrain_lib
 from metajax.algorithms import wrappers
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import accuracy
@@ -24,6 +25,7 @@ from metajax.algorithms.matching import matching
 from metajax.algorithms.neural_process import attentive_np
 from metajax.algorithms.neural_process import conditional_np
 from metajax.algorithms.neural_process import latent_np
+from metajax.algorithms.pretrain import pretrain
 from metajax.algorithms.protonet import protonet
 from metajax.algorithms.relation import relation
 from metajax.algorithms.reptile import reptile

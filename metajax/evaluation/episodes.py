@@ -61,18 +61,22 @@ def _adapt(learner: MetaLearner, meta_params, support,
 
 
 def _score_one(learner: MetaLearner, metric_fn: MetricFn,
-               adapt_steps: Optional[int]) -> Callable:
+               adapt_steps: Optional[int],
+               attack: Optional[Callable]) -> Callable:
   """`fn(meta_params, task) -> metric` of one (unbatched) task."""
   def one(meta_params, task):
     state = _adapt(learner, meta_params, task.support, adapt_steps)
     x, y = task.query
+    if attack is not None:
+      x = attack(meta_params, state, x, y)
     return metric_fn(learner.predict(meta_params, state, x), y)
   return one
 
 
 def task_metrics(learner: MetaLearner, metric_fn: MetricFn, *,
                  task_chunk: Union[int, str, None] = "auto",
-                 adapt_steps: Optional[int] = None) -> Callable:
+                 adapt_steps: Optional[int] = None,
+                 attack: Optional[Callable] = None) -> Callable:
   """`fn(meta_params, tasks) -> [n_tasks]`: each task's metric after adaptation.
 
   Args:
@@ -88,6 +92,9 @@ def task_metrics(learner: MetaLearner, metric_fn: MetricFn, *,
       filled up with the batch's first tasks, whose scores are dropped.
     adapt_steps: gradient steps of `learner.adapt` on each support set;
       None uses the learner's own number.
+    attack: score each task on attacked query inputs: `attack(meta_params,
+      task_state, x, y) -> x_adv`, given the adapted state
+      (`metajax.adversarial.attack`); None scores the clean queries.
 
   Returns:
     A traceable `fn(meta_params, tasks)`; `tasks` is a batched `Task` with
@@ -95,7 +102,7 @@ def task_metrics(learner: MetaLearner, metric_fn: MetricFn, *,
     for a scalar metric).
   """
   chunk = resolve_task_chunk(task_chunk)
-  batched = jax.vmap(_score_one(learner, metric_fn, adapt_steps),
+  batched = jax.vmap(_score_one(learner, metric_fn, adapt_steps, attack),
                      in_axes=(None, 0))
   if chunk is None:
     return batched
@@ -203,7 +210,8 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
              sample_tasks: Union[TaskSampler, HostTasks],
              metric_fn: MetricFn, *, key: Optional[jax.Array] = None,
              num_tasks: int, task_chunk: Union[int, str, None] = "auto",
-             adapt_steps: Optional[int] = None) -> np.ndarray:
+             adapt_steps: Optional[int] = None,
+             attack: Optional[Callable] = None) -> np.ndarray:
   """Per-task metric over `num_tasks` freshly sampled tasks.
 
   Shapes are checked with `jax.eval_shape` before anything is compiled or
@@ -232,6 +240,8 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
     adapt_steps: gradient steps of `learner.adapt` on each support set
       (e.g. more at test time than in training); None uses the learner's
       own number. Learners that adapt nothing by gradient take only None.
+    attack: optional attack on each task's query inputs after adaptation,
+      as in `task_metrics`: the scores are then robust accuracy (or loss).
 
   Returns:
     float64 `[num_tasks]` array, one value per task; feed it to `mean_ci`.
@@ -247,7 +257,7 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
   resolve_task_chunk(task_chunk)  # a bad value fails before any tracing
   num_tasks = _check_num_tasks(num_tasks)
   scores = task_metrics(learner, metric_fn, task_chunk=task_chunk,
-                        adapt_steps=adapt_steps)
+                        adapt_steps=adapt_steps, attack=attack)
   if isinstance(sample_tasks, HostTasks):
     if key is not None:
       raise ValueError("evaluate: a HostTasks pipeline fixes its own "

@@ -20,6 +20,7 @@ entry, not a branch.
 """
 
 import dataclasses
+import functools
 import os
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metajax import adversarial
 from metajax import algorithms
 from metajax import checkpoint
 from metajax import summary
@@ -232,10 +234,56 @@ class Algorithm(NamedTuple):
   Attributes:
     gradient_based: it adapts a classifier whose head fixes the number of
       ways (tested at the training ways only, with test_inner_steps).
-    make: `make(config, ways) -> MetaLearner` for `ways`-way episodes.
+    make: `make(config, ways) -> MetaLearner` for `ways`-way episodes;
+      with `whole_class`, `make(config, ways, train_classes)`.
+    whole_class: it trains on batches of images labelled by training class
+      (`episodes.class_batch_sampler`), not on episodes.
   """
   gradient_based: bool
   make: Callable
+  whole_class: bool = False
+
+
+def _pretrain(config, ways, train_classes, teacher=True):
+  """The whole-class learner; with `--distill_from` (unless `teacher` is
+  False) the born-again student of that run."""
+  net = BACKBONES[config.backbone](config, None, False)
+  init_fn, apply_fn, output = _model(config, net)
+  options = dict(num_classes=train_classes, embed_dim=output.shape[-1],
+                 ways=ways, probe_steps=config.probe_steps,
+                 probe_c=config.probe_c)
+  if config.distill_from and teacher:
+    options.update(teacher=_teacher(config, train_classes),
+                   distill_weight=config.distill_weight,
+                   temperature=config.distill_temperature)
+  return algorithms.pretrain(init_fn, apply_fn, **options)
+
+
+# What a born-again student must share with its teacher's run.
+_TEACHER_FIELDS = ("dataset", "split", "train_on_val", "backbone", "width")
+
+
+def _teacher(config, train_classes: int):
+  """The meta-parameters of the `--distill_from` run, checked to be a
+  whole-class classifier of this run's network and training classes."""
+  path = config.distill_from
+  try:
+    teacher = read_config(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"distill_from={path!r}: cannot read the teacher's "
+                     f"config.json ({e}).") from None
+  if teacher.algorithm != "pretrain":
+    raise ValueError(f"distill_from={path!r} holds a {teacher.algorithm} "
+                     f"run; a teacher is an --algorithm=pretrain run.")
+  differ = [f"--{name}={getattr(teacher, name)!r} there, "
+            f"{getattr(config, name)!r} here" for name in _TEACHER_FIELDS
+            if getattr(teacher, name) != getattr(config, name)]
+  if differ:
+    raise ValueError(f"distill_from={path!r} was trained with other "
+                     f"settings: {'; '.join(differ)}.")
+  like = _pretrain(config, 2, train_classes, teacher=False).init(
+      jax.random.PRNGKey(0))
+  return checkpoint.restore_params(path, like)
 
 
 ALGORITHMS = {
@@ -245,6 +293,7 @@ ALGORITHMS = {
     "protonet": Algorithm(False, _embedding(algorithms.protonet)),
     "matching": Algorithm(False, _embedding(algorithms.matching)),
     "relation": Algorithm(False, _relation),
+    "pretrain": Algorithm(False, _pretrain, whole_class=True),
 }
 
 
@@ -332,6 +381,41 @@ class Config(harness.RunConfig):
       "", "Cache of preprocessed arrays and downloads ('': "
       "$METAJAX_CACHE_DIR, else the per-user cache; 'off': no cache of "
       "preprocessed arrays).", rerun_may_change=True)
+  adversarial_query: bool = field(
+      False, "Meta-train on query sets attacked by PGD on the adapted "
+      "learner (adversarial querying, Goldblum et al. 2020): --aq_steps "
+      "steps of --aq_step_size within --aq_eps.")
+  aq_eps: float = field(8.0, "Radius of the training attack (L-infinity), "
+                        "in pixel levels of 0-255: 8 is the papers' 8/255.")
+  aq_step_size: float = field(2.0, "Step of the training attack, in pixel "
+                              "levels.")
+  aq_steps: int = field(7, "PGD steps of the training attack.")
+  test_attack_steps: int = field(
+      0, "Also score every test episode under a PGD attack of this many "
+      "steps on the adapted learner, from the clean queries (0: clean "
+      "accuracy only).", rerun_may_change=True)
+  test_attack_eps: float = field(8.0, "Radius of the test attack, in pixel "
+                                 "levels.", rerun_may_change=True)
+  test_attack_step_size: float = field(2.0, "Step of the test attack, in "
+                                       "pixel levels.",
+                                       rerun_may_change=True)
+  batch_size: int = field(64, "Images per step of --algorithm=pretrain "
+                          "(whole-class training).")
+  probe_steps: int = field(
+      100, "L-BFGS iterations of --algorithm=pretrain's logistic "
+      "regression on each test episode's support embeddings.",
+      rerun_may_change=True)
+  probe_c: float = field(1.0, "Inverse L2 strength of that logistic "
+                         "regression (scikit-learn's C).",
+                         rerun_may_change=True)
+  distill_from: str = field(
+      "", "Workdir of a finished --algorithm=pretrain run: train this "
+      "--algorithm=pretrain run as its born-again student (Tian et al. "
+      "2020), on the labels and the teacher's softened outputs.")
+  distill_weight: float = field(0.5, "Weight of the distillation term "
+                                "(the labels' cross-entropy gets 1 - it).")
+  distill_temperature: float = field(4.0, "Softmax temperature of "
+                                     "distillation.")
   task_chunk: str = field(
       "auto", "Tasks per pass of the meta-gradient and of evaluation: "
       "'auto' (one at a time on the CPU, the whole batch on GPU/TPU), 0 "
@@ -343,7 +427,8 @@ class Config(harness.RunConfig):
   RATES = ("inner_lr", "outer_lr")
   POSITIVE = harness.RunConfig.POSITIVE + (
       "shots", "query", "test_query", "meta_batch_size", "inner_steps",
-      "num_steps", "width", "cg_steps")
+      "num_steps", "width", "cg_steps", "aq_steps", "batch_size",
+      "probe_steps")
 
   def validate(self):
     super().validate()
@@ -351,7 +436,13 @@ class Config(harness.RunConfig):
     harness.check_positive(self, ("ways", "test_ways"), least=2)
     harness.check_positive(self, ("test_shots", "test_inner_steps",
                                   "lr_halve_every", "eval_every",
-                                  "val_episodes"), least=0)
+                                  "val_episodes", "test_attack_steps"),
+                           least=0)
+    for name in ("aq_eps", "aq_step_size", "test_attack_eps",
+                 "test_attack_step_size"):
+      if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got "
+                         f"{getattr(self, name)}.")
     if not (np.isfinite(self.imaml_damping) and self.imaml_damping >= 0):
       raise ValueError(f"imaml_damping must be finite and >= 0, got "
                        f"{self.imaml_damping}.")
@@ -374,13 +465,74 @@ class Config(harness.RunConfig):
       raise ValueError(
           f"{self.algorithm} adapts nothing by gradient, so it takes no "
           f"test_inner_steps; got {self.test_inner_steps}.")
+    if not (np.isfinite(self.probe_c) and self.probe_c > 0):
+      raise ValueError(f"probe_c must be finite and > 0, got "
+                       f"{self.probe_c}.")
+    if not 0.0 <= self.distill_weight <= 1.0:
+      raise ValueError(f"distill_weight must be in [0, 1], got "
+                       f"{self.distill_weight}.")
+    if not (np.isfinite(self.distill_temperature) and
+            self.distill_temperature > 0):
+      raise ValueError(f"distill_temperature must be finite and > 0, got "
+                       f"{self.distill_temperature}.")
+    whole_class = ALGORITHMS[self.algorithm].whole_class
+    if self.distill_from and not whole_class:
+      raise ValueError(f"distill_from is for --algorithm=pretrain, not "
+                       f"{self.algorithm}.")
+    if whole_class and (self.pipeline != "device" or self.adversarial_query):
+      raise ValueError(
+          f"{self.algorithm} trains on batches of labelled images drawn on "
+          f"the device: it takes --pipeline=device and no "
+          f"--adversarial_query.")
     if self.eval_episodes < 2 or not self.test_ways:
       raise ValueError("need eval_episodes >= 2 and at least one test way.")
 
 
-def make_learner(config: Config, ways: int) -> algorithms.MetaLearner:
-  """The configured learner for `ways`-way episodes."""
-  return ALGORITHMS[config.algorithm].make(config, ways)
+def make_learner(config: Config, ways: int,
+                 train_classes: Optional[int] = None
+                 ) -> algorithms.MetaLearner:
+  """The configured learner for `ways`-way episodes (with
+  `--adversarial_query`, its meta-gradient on attacked queries).
+
+  A whole-class learner's head has one unit per training class:
+  `train_classes`, or, when None, the count of the training split, read
+  from the data.
+  """
+  algorithm = ALGORITHMS[config.algorithm]
+  if algorithm.whole_class:
+    if train_classes is None:
+      train_classes = load_splits(config)["train"].num_classes
+    learner = algorithm.make(config, ways, train_classes)
+  else:
+    learner = algorithm.make(config, ways)
+  if config.adversarial_query:
+    learner = adversarial.adversarial_querying(
+        learner, attack_loss(config), train_attack(config))
+  return learner
+
+
+def attack_loss(config: Config) -> Callable:
+  """The loss a PGD attack raises: the learner's training loss of its
+  predictions (Relation Networks: the MSE of scores to one-hot labels)."""
+  if config.algorithm == "relation":
+    return lambda scores, y: algorithms.mse(
+        scores, jax.nn.one_hot(y, scores.shape[-1], dtype=scores.dtype))
+  return algorithms.cross_entropy
+
+
+def train_attack(config: Config) -> adversarial.PGD:
+  """The `--aq_*` attack on training queries, checked."""
+  return adversarial.check_pgd(adversarial.PGD(
+      eps=config.aq_eps, steps=config.aq_steps,
+      step_size=config.aq_step_size))
+
+
+def test_attack(config: Config) -> adversarial.PGD:
+  """The `--test_attack_*` attack on test queries, checked; it starts from
+  the clean queries, so every learner meets the same attack."""
+  return adversarial.check_pgd(adversarial.PGD(
+      eps=config.test_attack_eps, steps=config.test_attack_steps,
+      step_size=config.test_attack_step_size, random_start=False))
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -447,25 +599,31 @@ def check_episodes_fit(config: Config, splits: Splits) -> None:
 def _prepare(config: Config) -> Splits:
   splits = load_splits(config)
   check_episodes_fit(config, splits)
+  if config.distill_from:
+    _teacher(config, splits["train"].num_classes)  # refused before training
   return splits
 
 
 def _accuracy(config: Config, learner, meta_params, dataset, ways: int,
-              num_episodes: int, key, split: str) -> np.ndarray:
-  """Per-episode query accuracy of `num_episodes` test-style episodes."""
+              num_episodes: int, key, split: str,
+              attack: Optional[Callable] = None) -> np.ndarray:
+  """Per-episode query accuracy of `num_episodes` test-style episodes
+  (under `attack` on the queries, if given)."""
   sampler = episodes.episode_sampler(
       dataset, ways=ways, shots=config.test_shots or config.shots,
       query=config.test_query, batch_size=min(num_episodes, 50), split=split)
   return evaluate(learner, meta_params, sampler, algorithms.accuracy,
                   key=key, num_tasks=num_episodes,
                   task_chunk=task_chunk(config),
-                  adapt_steps=_test_steps(config))
+                  adapt_steps=_test_steps(config), attack=attack)
 
 
 def train_tasks(config: Config, dataset: episodes.ClassDataset):
   """The training episodes of `--pipeline`: a `key -> Task` sampler run on
   the device, or a `metajax.HostTasks` pipeline built on the host from
   `--seed` (NumPy or tf.data)."""
+  if ALGORITHMS[config.algorithm].whole_class:
+    return episodes.class_batch_sampler(dataset, batch_size=config.batch_size)
   sizes = dict(ways=config.ways, shots=config.shots, query=config.query,
                batch_size=config.meta_batch_size, split="train")
   if config.pipeline == "device":
@@ -478,29 +636,42 @@ def _run(config: Config, workdir: str, splits: Splits) -> Dict:
   train_key, val_key, test_key = jax.random.split(
       jax.random.PRNGKey(config.seed), 3)
   sampler = train_tasks(config, splits["train"])
+  make = functools.partial(make_learner, config,
+                           train_classes=splits["train"].num_classes)
   eval_fn = None
   if "val" in splits and config.val_episodes:
     val_ways = config.test_ways[0]
-    val_learner = make_learner(config, val_ways)
+    val_learner = make(val_ways)
     def eval_fn(meta_params):
       return {"val_accuracy": float(np.mean(_accuracy(
           config, val_learner, meta_params, splits["val"], val_ways,
           config.val_episodes, val_key, "val")))}
 
   state = harness.train_learner(
-      config, make_learner(config, config.ways), make_optimizer(config),
+      config, make(config.ways), make_optimizer(config),
       sampler, key=train_key, num_steps=config.num_steps, workdir=workdir,
       desc=config.algorithm, eval_fn=eval_fn, eval_every=config.eval_every,
       task_chunk=task_chunk(config))
 
   tests = []
   for ways in config.test_ways:
-    summary_ = mean_ci(_accuracy(
-        config, make_learner(config, ways), state.meta_params,
-        splits["test"], ways, config.eval_episodes, test_key, "test"))
+    learner = make(ways)
+    score = functools.partial(
+        _accuracy, config, learner, state.meta_params, splits["test"], ways,
+        config.eval_episodes, test_key, "test")
+    summary_ = mean_ci(score())
     tests.append({"ways": ways, "shots": config.test_shots or config.shots,
                   "query": config.test_query, "accuracy": summary_["mean"],
                   "ci95": summary_["ci95"], "episodes": summary_["n"]})
+    if config.test_attack_steps:
+      # The same episodes, their queries attacked after adaptation.
+      pgd = test_attack(config)
+      robust = mean_ci(score(adversarial.attack(
+          learner.predict, attack_loss(config), pgd)))
+      tests[-1]["attack"] = {"robust_accuracy": robust["mean"],
+                             "ci95": robust["ci95"], "eps": pgd.eps,
+                             "steps": pgd.steps, "step_size": pgd.step_size,
+                             "scale": "pixel levels of 0-255"}
   title = (f"{config.algorithm} on {config.dataset} ({config.split} split), "
            f"{config.ways}-way {config.shots}-shot training")
   _plot_curves(os.path.join(workdir, "curves.png"),
@@ -524,8 +695,10 @@ def _plot_curves(path: str, metrics_path: str, title: str,
   ax_loss.set_yscale("log")
   ax_loss.set_xlabel("meta-step")
   ax_loss.set_ylabel("training query loss")
-  ax_acc.plot(*series("accuracy"),
-              label=f"training episodes ({config.ways}-way)")
+  ax_acc.plot(*series("accuracy"), label=(
+      f"training batches (all {config.algorithm} classes)"
+      if ALGORITHMS[config.algorithm].whole_class
+      else f"training episodes ({config.ways}-way)"))
   steps, val = series("val_accuracy")
   if steps:
     ax_acc.plot(steps, val, marker="o", label=(
@@ -549,6 +722,12 @@ def format_results(results: Dict) -> str:
     lines.append(
         f"  {t['ways']}-way {t['shots']}-shot: {100 * t['accuracy']:.2f}% ± "
         f"{100 * t['ci95']:.2f}% ({t['episodes']} test episodes)")
+    if "attack" in t:
+      a = t["attack"]
+      lines.append(
+          f"    under PGD (eps {a['eps']:g}/255, {a['steps']} steps of "
+          f"{a['step_size']:g}/255): {100 * a['robust_accuracy']:.2f}% ± "
+          f"{100 * a['ci95']:.2f}%")
   return "\n".join(lines)
 
 
@@ -659,7 +838,11 @@ def load_predictor(workdir: str) -> Callable:
     any computation.
   """
   config = read_config(workdir)
-  like = make_learner(config, config.ways).init(jax.random.PRNGKey(0))
+  # A whole-class learner's head is as wide as its training split.
+  make = functools.partial(make_learner, config, train_classes=(
+      load_splits(config)["train"].num_classes
+      if ALGORITHMS[config.algorithm].whole_class else None))
+  like = make(config.ways).init(jax.random.PRNGKey(0))
   meta_params = checkpoint.restore_params(workdir, like)
   transform = DATASETS[config.dataset].transform
   steps = _test_steps(config)
@@ -670,7 +853,7 @@ def load_predictor(workdir: str) -> Callable:
       raise ValueError(
           f"this {config.algorithm} model was trained {config.ways}-way and "
           f"predicts {config.ways} classes; got a {ways}-way episode.")
-    learner = make_learner(config, ways)
+    learner = make(ways)
     support = (transform(support_x), jnp.asarray(support_y, jnp.int32))
     state = (learner.adapt(meta_params, support) if steps is None else
              learner.adapt(meta_params, support, steps=steps))

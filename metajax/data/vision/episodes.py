@@ -221,3 +221,34 @@ def episode_sampler(dataset: ClassDataset, *, ways: int, shots: int,
   return jax.tree_util.Partial(functools.partial(_sample_batch, **sizes),
                                jax.device_put(dataset.images),
                                jax.device_put(dataset.counts))
+
+
+def _sample_images(images, counts, key, *, batch_size):
+  k_cls, k_ex = jax.random.split(key)
+  classes = jax.random.randint(k_cls, (batch_size,), 0, images.shape[0])
+  examples = jnp.floor(jax.random.uniform(k_ex, (batch_size,)) *
+                       counts[classes]).astype(jnp.int32)
+  x, y = images[classes, examples], classes.astype(jnp.int32)
+  half = batch_size // 2
+  # One task of labelled images; whole-class learners pool its two sets.
+  return jax.tree.map(lambda a: a[None],
+                      Task((x[:half], y[:half]), (x[half:], y[half:])))
+
+
+def class_batch_sampler(dataset: ClassDataset, *,
+                        batch_size: int) -> jax.tree_util.Partial:
+  """`key -> Task` of `batch_size` labelled images, for whole-class training.
+
+  Each image is a uniform draw of a class, then of one of its real
+  examples (with replacement); its label is the class's index in
+  `dataset`, in [0, num_classes). The batch is one task (leading axis 1)
+  whose support holds the first `batch_size // 2` images and whose query
+  the rest, each x uint8 `[n, H, W, C]`, y int32 `[n]`. The arrays are
+  bound as in `episode_sampler`.
+  """
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
+      batch_size < 2):
+    raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}.")
+  return jax.tree_util.Partial(
+      functools.partial(_sample_images, batch_size=batch_size),
+      jax.device_put(dataset.images), jax.device_put(dataset.counts))
