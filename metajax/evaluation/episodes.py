@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from metajax import tasks as tasks_lib
 from metajax.algorithms import MetaLearner
@@ -211,7 +212,8 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
              metric_fn: MetricFn, *, key: Optional[jax.Array] = None,
              num_tasks: int, task_chunk: Union[int, str, None] = "auto",
              adapt_steps: Optional[int] = None,
-             attack: Optional[Callable] = None) -> np.ndarray:
+             attack: Optional[Callable] = None,
+             progress: Optional[str] = None) -> np.ndarray:
   """Per-task metric over `num_tasks` freshly sampled tasks.
 
   Shapes are checked with `jax.eval_shape` before anything is compiled or
@@ -242,6 +244,9 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
       own number. Learners that adapt nothing by gradient take only None.
     attack: optional attack on each task's query inputs after adaptation,
       as in `task_metrics`: the scores are then robust accuracy (or loss).
+    progress: a label to show a progress bar over the tasks under (an
+      attacked evaluation of a thousand episodes takes minutes on a CPU);
+      None shows none.
 
   Returns:
     float64 `[num_tasks]` array, one value per task; feed it to `mean_ci`.
@@ -263,7 +268,7 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
       raise ValueError("evaluate: a HostTasks pipeline fixes its own "
                        "batches; pass key=None.")
     return _evaluate_fed(scores, learner, meta_params, sample_tasks,
-                         metric_fn, num_tasks, adapt_steps)
+                         metric_fn, num_tasks, adapt_steps, progress)
   if key is None:
     raise ValueError("evaluate: a task sampler needs a PRNG key.")
   sample_tasks = tasks_lib.sampler_tree(sample_tasks)
@@ -271,15 +276,31 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
                               key, adapt_steps)
   score = jax.jit(lambda mp, k, sampler: scores(mp, sampler(k)))
   values = []
-  for _ in range(-(-num_tasks // batch_size)):
-    key, sub = jax.random.split(key)
-    values.append(score(meta_params, sub, sample_tasks))
+  with _bar(num_tasks, progress) as bar:
+    for _ in range(-(-num_tasks // batch_size)):
+      key, sub = jax.random.split(key)
+      values.append(score(meta_params, sub, sample_tasks))
+      _advance(bar, values[-1], batch_size)
   return np.concatenate(jax.device_get(values)).astype(
       np.float64)[:num_tasks]
 
 
+def _bar(num_tasks: int, label: Optional[str]):
+  """A tqdm bar over `num_tasks` tasks, or a disabled one."""
+  return tqdm.tqdm(total=num_tasks, desc=label, unit="task",
+                   disable=label is None, leave=False)
+
+
+def _advance(bar, values, batch_size: int) -> None:
+  """Moves `bar` on once a batch's `values` are computed (waiting for them
+  only when the bar is shown, so that dispatch stays asynchronous)."""
+  if not bar.disable:
+    jax.block_until_ready(values)
+    bar.update(min(batch_size, bar.total - bar.n))
+
+
 def _evaluate_fed(scores, learner, meta_params, host_tasks, metric_fn,
-                  num_tasks, adapt_steps) -> np.ndarray:
+                  num_tasks, adapt_steps, progress) -> np.ndarray:
   """`evaluate` over a `HostTasks` pipeline's batches, from step 0 on."""
   with Prefetcher(host_tasks, 0) as feed:
     example = feed.signature
@@ -289,7 +310,10 @@ def _evaluate_fed(scores, learner, meta_params, host_tasks, metric_fn,
                                example),
         metric_fn, jax.random.PRNGKey(0), adapt_steps)
     score = jax.jit(scores)
-    values = [score(meta_params, next(feed))
-              for _ in range(-(-num_tasks // batch_size))]
+    values = []
+    with _bar(num_tasks, progress) as bar:
+      for _ in range(-(-num_tasks // batch_size)):
+        values.append(score(meta_params, next(feed)))
+        _advance(bar, values[-1], batch_size)
   return np.concatenate(jax.device_get(values)).astype(
       np.float64)[:num_tasks]

@@ -612,10 +612,16 @@ def _accuracy(config: Config, learner, meta_params, dataset, ways: int,
   sampler = episodes.episode_sampler(
       dataset, ways=ways, shots=config.test_shots or config.shots,
       query=config.test_query, batch_size=min(num_episodes, 50), split=split)
+  # Validation runs inside training, under the training bar: no bar of its
+  # own there.
+  label = None
+  if config.progress and split == "test":
+    label = f"test {ways}-way" + (" under attack" if attack else "")
   return evaluate(learner, meta_params, sampler, algorithms.accuracy,
                   key=key, num_tasks=num_episodes,
                   task_chunk=task_chunk(config),
-                  adapt_steps=_test_steps(config), attack=attack)
+                  adapt_steps=_test_steps(config), attack=attack,
+                  progress=label)
 
 
 def train_tasks(config: Config, dataset: episodes.ClassDataset):
