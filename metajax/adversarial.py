@@ -19,7 +19,7 @@ on the 0-255 scale (uint8 episodes, divided by 255 inside the model), so an
 """
 
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -112,17 +112,15 @@ def attack(predict: Callable, loss: Loss, pgd: PGD) -> Callable:
   return run
 
 
-def attack_queries(learner: MetaLearner, loss: Loss, pgd: PGD,
-                   adapt_steps: Optional[int] = None) -> Callable:
+def attack_queries(learner: MetaLearner, loss: Loss, pgd: PGD) -> Callable:
   """`fn(meta_params, task, key=None) -> Task`: one task with its query
-  inputs attacked (`attack`) after `learner` adapts to its support set
-  (`adapt_steps` gradient steps; None: the learner's own). Both sets' inputs
-  come back float32, the support's values unchanged."""
+  inputs attacked (`attack`) after `learner` adapts to its support set as
+  it does in training. Both sets' inputs come back float32, the support's
+  values unchanged."""
   run = attack(learner.predict, loss, pgd)
 
   def attacked(meta_params, task, key=None):
-    options = {} if adapt_steps is None else dict(steps=adapt_steps)
-    state = learner.adapt(meta_params, task.support, **options)
+    state = learner.adapt(meta_params, task.support)
     x, y = task.query
     x = run(meta_params, state, x, y, key)
     # The attacked queries are float32; learners that check that both sets
