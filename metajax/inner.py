@@ -23,6 +23,10 @@ Everything in the MAML family is an option of the one loop written here:
 * `model_state`: state that `loss_fn(params, batch, state)` updates and the
   next step reads (flax `batch_stats` running averages), carried through
   the scan and differentiated through;
+* `online=True`: step t sees only the t-th of `steps` equal consecutive
+  slices of the support set, so the loop is one pass over a stream of
+  examples (one at a time when the slices hold one), as a continual learner
+  meets them (OML, Javed & White, 2019; ANML, Beaulieu et al., 2020);
 * `remat=True`: `jax.checkpoint` around each step and around equal segments of
   about sqrt(steps) steps (`_checkpointed_scan`), so the backward pass holds
   the activations of one step at a time and about 2 sqrt(steps) sets of
@@ -512,13 +516,39 @@ def inject_hyperparams_values(optimizer: optax.GradientTransformation,
           if jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating)}
 
 
+def online_batches(support: PyTree, steps: int) -> PyTree:
+  """The support set as `steps` consecutive equal slices, one per step.
+
+  Args:
+    support: a set whose leaves have a leading example axis of one size n.
+    steps: the inner steps, a Python int >= 1 that divides n.
+
+  Returns:
+    `support` with every leaf reshaped `[n, ...] -> [steps, n // steps,
+    ...]`: slice t holds examples `t * n // steps` to `(t + 1) * n // steps
+    - 1`, in their order.
+  """
+  sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree.leaves(support)
+           if np.ndim(leaf)}
+  if len(sizes) != 1:
+    raise ValueError(f"online adaptation needs one leading example axis on "
+                     f"every support leaf; got sizes {sorted(sizes)}.")
+  n = sizes.pop()
+  if steps < 1 or n % steps:
+    raise ValueError(
+        f"online adaptation takes the support set's {n} examples in steps="
+        f"{steps} equal consecutive slices, so steps must divide {n}.")
+  return jax.tree.map(lambda x: x.reshape(steps, n // steps, *x.shape[1:]),
+                      support)
+
+
 def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
          query: Optional[PyTree], *, steps: int, lr: Optional[LearningRate],
          optimizer: Optional[optax.GradientTransformation],
          hyperparams: Optional[dict], first_order: bool,
          mask: Optional[PyTree], per_step_lr: bool, remat: bool,
          query_every_step: bool, has_aux: bool,
-         model_state: Optional[PyTree] = None):
+         model_state: Optional[PyTree] = None, online: bool = False):
   """Runs the inner loop.
 
   Returns:
@@ -528,7 +558,10 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
   """
   steps = check_steps(steps)
   check_optimizer(optimizer, lr, per_step_lr, hyperparams)
-  check_scalar_loss(loss_fn, params, support, has_aux, model_state)
+  batches = online_batches(support, steps) if online else None
+  check_scalar_loss(loss_fn, params, support if batches is None else
+                    jax.tree.map(lambda b: b[0], batches), has_aux,
+                    model_state)
   adapted, frozen = partition(params, mask)
   stateful = model_state is not None
 
@@ -541,8 +574,9 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
     loss, rest = loss_fn(combine(a, frozen), batch, m)
     return loss, (rest if has_aux else (rest, None))
 
-  def gradient(a, m):
-    grads, (m, aux) = jax.grad(call, has_aux=True)(a, support, m)
+  def gradient(a, m, batch):
+    batch = support if batch is None else batch
+    grads, (m, aux) = jax.grad(call, has_aux=True)(a, batch, m)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
     return grads, m, aux
@@ -557,31 +591,28 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
   if optimizer is None:
     lrs = _lr_tree(lr, adapted, steps, per_step_lr)
 
-    def sgd_step(carry, step_lrs):
+    def sgd_step(carry, xs):
       a, m = carry
-      grads, m, aux = gradient(a, m)
+      step_lrs, batch = xs
+      grads, m, aux = gradient(a, m, batch)
       a = jax.tree.map(lambda p, g, l: (p - l * g).astype(p.dtype), a, grads,
-                       step_lrs)
+                       lrs if step_lrs is None else step_lrs)
       return (a, m), outputs(a, m, aux)
 
-    if per_step_lr:
-      (adapted, model_state), ys = scan(sgd_step, (adapted, model_state),
-                                        lrs, length=steps)
-    else:
-      (adapted, model_state), ys = scan(
-          lambda c, _: sgd_step(c, lrs), (adapted, model_state), None,
-          length=steps)
+    (adapted, model_state), ys = scan(
+        sgd_step, (adapted, model_state),
+        (lrs if per_step_lr else None, batches), length=steps)
   else:
-    def optax_step(carry, _):
+    def optax_step(carry, batch):
       a, state, m = carry
-      grads, m, aux = gradient(a, m)
+      grads, m, aux = gradient(a, m, batch)
       updates, state = optimizer.update(grads, state, a)
       a = optax.apply_updates(a, updates)
       return (a, state, m), outputs(a, m, aux)
 
     state = _with_hyperparams(optimizer.init(adapted), hyperparams)
     (adapted, _, model_state), ys = scan(
-        optax_step, (adapted, state, model_state), None, length=steps)
+        optax_step, (adapted, state, model_state), batches, length=steps)
   q_losses, support_aux, query_aux = ys
   return (combine(adapted, frozen), model_state, q_losses, support_aux,
           query_aux)
@@ -593,7 +624,7 @@ def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
           hyperparams: Optional[dict] = None, first_order: bool = False,
           mask: Optional[PyTree] = None, per_step_lr: bool = False,
           remat: bool = False, has_aux: bool = False,
-          model_state: Optional[PyTree] = None):
+          model_state: Optional[PyTree] = None, online: bool = False):
   """Adapts `params` to `batch` with `steps` steps of an inner optimiser.
 
   Gradient descent, `theta_{t+1} = theta_t - lr_t * grad(loss_fn)(theta_t,
@@ -640,6 +671,10 @@ def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
       of `model_state`'s structure, shapes and dtypes, and step t + 1 gets
       step t's `new_state`. It is differentiated through like the
       parameters.
+    online: step t takes its gradient on the t-th of `steps` equal
+      consecutive slices of `batch` (`online_batches`) rather than on all
+      of it: one pass over a stream, e.g. one example per step when
+      `steps` is the number of examples. `steps` must divide that number.
 
   Returns:
     The adapted parameters, a PyTree with the structure and dtypes of
@@ -652,7 +687,7 @@ def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
       loss_fn, params, batch, None, steps=steps, lr=lr, optimizer=optimizer,
       hyperparams=hyperparams, first_order=first_order, mask=mask,
       per_step_lr=per_step_lr, remat=remat, query_every_step=False,
-      has_aux=has_aux, model_state=model_state)
+      has_aux=has_aux, model_state=model_state, online=online)
   result = (adapted,)
   if model_state is not None:
     result += (final_state,)
@@ -682,7 +717,7 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
               remat: bool = False,
               step_weights: Optional[Sequence[float]] = None,
               has_aux: bool = False, return_adapted: bool = False,
-              model_state: Optional[PyTree] = None):
+              model_state: Optional[PyTree] = None, online: bool = False):
   """Query loss of one task after adapting on its support set.
 
   `jax.grad(maml_loss, argnums=1)` is the exact MAML meta-gradient (second
@@ -697,7 +732,7 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
     params: PyTree of meta-parameters (the initialisation).
     task: a `Task(support, query)` of one task (no task axis).
     steps, lr, optimizer, hyperparams: as in `adapt`.
-    first_order, mask, per_step_lr, remat, has_aux, model_state: as in
+    first_order, mask, per_step_lr, remat, has_aux, model_state, online: as in
       `adapt`; with `model_state`, the query loss is computed with the
       state the last inner step left (the query set's own new state is
       dropped).
@@ -717,7 +752,7 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
       _run, loss_fn, params, task.support, task.query, steps=steps, lr=lr,
       optimizer=optimizer, hyperparams=hyperparams, first_order=first_order,
       mask=mask, per_step_lr=per_step_lr, remat=remat, has_aux=has_aux,
-      model_state=model_state)
+      model_state=model_state, online=online)
   if step_weights is None:
     adapted, final_state, _, support_aux, _ = run(query_every_step=False)
     if model_state is None:

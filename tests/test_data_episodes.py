@@ -135,3 +135,31 @@ def test_class_batches_carry_each_image_s_own_class():
 def test_class_batches_need_two_images():
   with pytest.raises(ValueError, match="batch_size must be an int >= 2"):
     episodes.class_batch_sampler(_dataset(), batch_size=1)
+
+
+def test_a_trajectory_is_one_class_then_a_remember_set_of_all():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (7, 6, 3, 3, 1), np.uint8)
+  counts = np.array([6, 5, 6, 6, 6, 6, 6], np.int32)
+  ds = episodes.ClassDataset(images, counts, tuple(f"c{i}" for i in range(7)))
+  sampler = episodes.trajectory_sampler(ds, length=5, remember=40,
+                                        batch_size=3)
+  tasks = sampler(jax.random.PRNGKey(0))
+  (sx, sy), (qx, qy) = jax.device_get(tasks)
+  assert sx.shape == (3, 5, 3, 3, 1) and qx.shape == (3, 45, 3, 3, 1)
+  assert qy.shape == (3, 45) and sy.dtype == np.int32
+  for t in range(3):
+    c = sy[t, 0]
+    assert np.all(sy[t] == c)
+    rows = [r.tobytes() for r in images[c, :counts[c]]]
+    assert len({rows.index(x.tobytes()) for x in sx[t]}) == 5  # distinct
+    np.testing.assert_array_equal(qx[t, :5], sx[t])
+    np.testing.assert_array_equal(qy[t, :5], sy[t])
+    for x, y in zip(qx[t, 5:], qy[t, 5:]):
+      assert x.tobytes() in [r.tobytes() for r in images[y, :counts[y]]]
+  assert len(set(qy[:, 5:].ravel().tolist())) > 3  # drawn from all classes
+  with pytest.raises(ValueError, match="class 'c1' has 5 examples, fewer "
+                     "than the trajectory's length = 6"):
+    episodes.trajectory_sampler(ds, length=6, remember=4)
+  with pytest.raises(ValueError, match="remember must be an int >= 1"):
+    episodes.trajectory_sampler(ds, length=2, remember=0)

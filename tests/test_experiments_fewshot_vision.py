@@ -307,6 +307,8 @@ def test_episodes_that_cannot_be_drawn_are_refused_before_training(
     ("distill_from", "workdirs/t", "distill_from is for --algorithm=pretrain"),
     ("inner_optimizer", "adam", "inner_optimizer='adam' is for maml, fomaml, "
      "anil and imaml; protonet takes gradient descent steps"),
+    ("hallucinate", -1, "hallucinate must be >= 0"),
+    ("matching_scale", 0.0, "matching_scale must be finite and > 0"),
 ])
 def test_bad_flags_are_named_before_any_work(field, value, message):
   with pytest.raises(ValueError, match=message):

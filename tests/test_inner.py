@@ -149,6 +149,46 @@ def test_adapt_is_plain_gradient_descent(x64):
       metajax.adapt(tiny_loss, params, task.support, steps=0, lr=0.2), params)
 
 
+@pytest.mark.parametrize("optimizer", [None, "momentum"])
+def test_online_adaptation_steps_through_the_stream_in_order(x64, optimizer):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64, n_support=6)
+  opt = optax.sgd(0.2, momentum=0.9) if optimizer else None
+  kwargs = dict(optimizer=opt) if opt else dict(lr=0.2)
+  expected, state = params, opt.init(params) if opt else None
+  for t in range(3):  # slices of two examples, in order
+    batch = jax.tree.map(lambda x: x[2 * t:2 * t + 2], task.support)
+    g = jax.grad(tiny_loss)(expected, batch)
+    if opt:
+      updates, state = opt.update(g, state, expected)
+      expected = optax.apply_updates(expected, updates)
+    else:
+      expected = jax.tree.map(lambda p, g: p - 0.2 * g, expected, g)
+  got = metajax.adapt(tiny_loss, params, task.support, steps=3, online=True,
+                      **kwargs)
+  chex.assert_trees_all_close(got, expected, rtol=1e-12)
+  # The full-batch loop is another function of the same data.
+  full = metajax.adapt(tiny_loss, params, task.support, steps=3, **kwargs)
+  assert float(jnp.max(jnp.abs(_flat(full) - _flat(got)))) > 1e-3
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_online_meta_gradient_matches_finite_differences(x64, remat):
+  params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)
+  task = tiny_task(jax.random.PRNGKey(1), jnp.float64, n_support=6)
+  f = lambda p: metajax.maml_loss(tiny_loss, p, task, steps=6, lr=0.3,
+                                  online=True, remat=remat)
+  assert _directional_check(f, params, jax.random.PRNGKey(2)) <= 1e-6
+
+
+def test_online_steps_that_do_not_divide_the_stream_are_named():
+  params = tiny_mlp_params(jax.random.PRNGKey(0))
+  task = tiny_task(jax.random.PRNGKey(1), n_support=5)
+  with pytest.raises(ValueError, match="5 examples in steps=2"):
+    metajax.adapt(tiny_loss, params, task.support, steps=2, lr=0.1,
+                  online=True)
+
+
 def test_per_parameter_learning_rates_get_exact_gradients(x64):
   """Meta-SGD: the rates are differentiable and their gradient is exact."""
   params = tiny_mlp_params(jax.random.PRNGKey(0), jnp.float64)

@@ -1,6 +1,7 @@
 """Meta-learning algorithms, each a `MetaLearner` of pure functions."""
 
 from metajax.algorithms import bobcat as bobcat_lib
+from metajax.algorithms import continual
 from metajax.algorithms import neural_process
 from metajax.algorithms import pretrain as pretrain_lib
 from metajax.algorithms import wrappers
@@ -14,6 +15,7 @@ from metajax.algorithms.base import mse
 from metajax.algorithms.base import supervised_loss
 from metajax.algorithms.bobcat import Bobcat
 from metajax.algorithms.bobcat import bobcat
+from metajax.algorithms.hallucination import hallucinating_protonet
 from metajax.algorithms.imaml import imaml
 from metajax.algorithms.joint import joint
 from metajax.algorithms.maml import anil

@@ -42,7 +42,9 @@ def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
          first_order: bool = False, adapt_mask: AdaptMask = None,
          learn_lr: LearnLR = None,
          step_weights: Optional[Sequence[float]] = None,
-         remat: bool = False,
+         remat: bool = False, online: bool = False,
+         before_adapt: Optional[Callable[[types.Params, types.Examples],
+                                         types.Params]] = None,
          metrics: Optional[types.MetricsFn] = None) -> MetaLearner:
   """Model-agnostic meta-learning.
 
@@ -76,6 +78,14 @@ def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
       first rates, but not more).
     step_weights: MAML++ multi-step loss weights, one per inner step.
     remat: rematerialise inner steps in the backward pass.
+    online: step t of the inner loop takes its gradient on the t-th of
+      `steps` equal consecutive slices of the support set only (one pass
+      over a stream; `metajax.inner.online_batches`), as OML and ANML
+      learn; `steps` must divide the support set's size.
+    before_adapt: optional `before_adapt(params, support) -> params`,
+      applied to the model parameters before every inner loop, in
+      `meta_grad` and in `adapt` (OML and ANML reset the output units of
+      the support set's classes with it); differentiated through.
     metrics: optional `metrics(predictions, targets) -> dict of scalars` on
       the query set after adaptation, reported by `meta_grad` (e.g.
       accuracy).
@@ -128,12 +138,19 @@ def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
                 hyperparams=meta_params.get("hyperparams"),
                 first_order=first_order,
                 mask=inner.resolve_mask(adapt_mask, params),
-                per_step_lr=learn_lr == "per_step", remat=remat)
+                per_step_lr=learn_lr == "per_step", remat=remat,
+                online=online)
+
+  def start(meta_params, support):
+    if before_adapt is None:
+      return meta_params["params"]
+    return before_adapt(meta_params["params"], support)
 
   def task_loss(meta_params, task):
     loss, adapted = inner.maml_loss(
-        loss_fn, meta_params["params"], task, step_weights=step_weights,
-        return_adapted=True, **options(meta_params, steps))
+        loss_fn, start(meta_params, task.support), task,
+        step_weights=step_weights, return_adapted=True,
+        **options(meta_params, steps))
     if metrics is None:
       return loss, {}
     x, y = task.query
@@ -148,7 +165,7 @@ def maml(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
       # rates whole, so that every learned rate is trained.
       meta_params = dict(meta_params,
                          lr=_first_rates(meta_params["lr"], num_steps))
-    return inner.adapt(loss_fn, meta_params["params"], support,
+    return inner.adapt(loss_fn, start(meta_params, support), support,
                        **options(meta_params, num_steps))
 
   return MetaLearner(init, batch_mean_grad(task_loss, has_aux=True), adapt,

@@ -213,7 +213,13 @@ def _embedding(build):
   """A learner that compares embeddings: any number of ways at test."""
   def make(config, ways):
     net = BACKBONES[config.backbone](config, None, False)
-    init_fn, apply_fn, _ = _model(config, net)
+    init_fn, apply_fn, output = _model(config, net)
+    if build is algorithms.matching:
+      return build(init_fn, apply_fn, ways=ways, scale=config.matching_scale)
+    if config.hallucinate:
+      return algorithms.hallucinating_protonet(
+          init_fn, apply_fn, ways=ways, extra=config.hallucinate,
+          embed_dim=output.shape[-1])
     return build(init_fn, apply_fn, ways=ways)
   return make
 
@@ -399,6 +405,13 @@ class Config(harness.RunConfig):
   test_attack_step_size: float = field(2.0, "Step of the test attack, in "
                                        "pixel levels.",
                                        rerun_may_change=True)
+  matching_scale: float = field(
+      1.0, "Matching Networks' multiplier of the cosine similarities before "
+      "the attention's softmax (1: the paper's).")
+  hallucinate: int = field(
+      0, "With --algorithm=protonet: add this many generated examples to "
+      "each class of every support set, from a generator trained end to "
+      "end through the episode loss (Wang et al. 2018); 0: none.")
   batch_size: int = field(64, "Images per step of --algorithm=pretrain "
                           "(whole-class training).")
   probe_steps: int = field(
@@ -435,6 +448,7 @@ class Config(harness.RunConfig):
     task_chunk(self)
     harness.check_positive(self, ("ways", "test_ways"), least=2)
     harness.check_positive(self, ("test_shots", "test_inner_steps",
+                                  "hallucinate",
                                   "lr_halve_every", "eval_every",
                                   "val_episodes", "test_attack_steps"),
                            least=0)
@@ -465,6 +479,13 @@ class Config(harness.RunConfig):
       raise ValueError(
           f"{self.algorithm} adapts nothing by gradient, so it takes no "
           f"test_inner_steps; got {self.test_inner_steps}.")
+    if self.hallucinate and self.algorithm != "protonet":
+      raise ValueError(f"hallucinate adds generated examples to ProtoNets' "
+                       f"prototypes; --algorithm={self.algorithm} has none "
+                       f"(use --algorithm=protonet).")
+    if not (np.isfinite(self.matching_scale) and self.matching_scale > 0):
+      raise ValueError(f"matching_scale must be finite and > 0, got "
+                       f"{self.matching_scale}.")
     if not (np.isfinite(self.probe_c) and self.probe_c > 0):
       raise ValueError(f"probe_c must be finite and > 0, got "
                        f"{self.probe_c}.")

@@ -345,10 +345,12 @@ def check_positive(config, names: Sequence[str], least: int = 1) -> None:
 
 
 def check_rates(config, names: Sequence[str]) -> None:
-  """A ValueError naming the first learning rate that is not finite and > 0."""
+  """A ValueError naming the first learning rate that is not finite and > 0
+  (a tuple field is a grid of rates, each checked)."""
   for name in names:
     value = getattr(config, name)
-    if not (math.isfinite(value) and value > 0):
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
       raise ValueError(f"{name} must be a finite learning rate > 0, got "
                        f"{value}.")
 

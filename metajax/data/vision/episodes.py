@@ -154,14 +154,22 @@ def check_episode_fits(dataset: ClassDataset, ways: int, shots: int,
     raise ValueError(
         f"{ways}-way episodes need {ways} classes but the {split} split has "
         f"{dataset.num_classes}.")
-  need = shots + query
+  check_class_sizes(dataset, shots + query, "shots + query",
+                    f" of the {split} split")
+
+
+def check_class_sizes(dataset: ClassDataset, need: int, what: str,
+                      where: str = "") -> None:
+  """Raises a ValueError naming the first class with fewer than `need`
+  examples; `what` says what needs them (e.g. "shots + query"), `where`
+  which split the class is in (e.g. " of the train split")."""
   short = np.flatnonzero(dataset.counts < need)
   if short.size:
     c = int(short[0])
     raise ValueError(
-        f"class {dataset.class_names[c]!r} of the {split} split has "
-        f"{int(dataset.counts[c])} examples, fewer than shots + query = "
-        f"{need} ({short.size} classes are short).")
+        f"class {dataset.class_names[c]!r}{where} has "
+        f"{int(dataset.counts[c])} examples, fewer than {what} = {need} "
+        f"({short.size} classes are short).")
 
 
 def sample_episode(key: jax.Array, images: jax.Array, counts: jax.Array, *,
@@ -223,12 +231,17 @@ def episode_sampler(dataset: ClassDataset, *, ways: int, shots: int,
                                jax.device_put(dataset.counts))
 
 
-def _sample_images(images, counts, key, *, batch_size):
+def _uniform_images(images, counts, key, n):
+  """`n` labelled images: a uniform class, then a uniform real example."""
   k_cls, k_ex = jax.random.split(key)
-  classes = jax.random.randint(k_cls, (batch_size,), 0, images.shape[0])
-  examples = jnp.floor(jax.random.uniform(k_ex, (batch_size,)) *
+  classes = jax.random.randint(k_cls, (n,), 0, images.shape[0])
+  examples = jnp.floor(jax.random.uniform(k_ex, (n,)) *
                        counts[classes]).astype(jnp.int32)
-  x, y = images[classes, examples], classes.astype(jnp.int32)
+  return images[classes, examples], classes.astype(jnp.int32)
+
+
+def _sample_images(images, counts, key, *, batch_size):
+  x, y = _uniform_images(images, counts, key, batch_size)
   half = batch_size // 2
   # One task of labelled images; whole-class learners pool its two sets.
   return jax.tree.map(lambda a: a[None],
@@ -251,4 +264,49 @@ def class_batch_sampler(dataset: ClassDataset, *,
     raise ValueError(f"batch_size must be an int >= 2, got {batch_size!r}.")
   return jax.tree_util.Partial(
       functools.partial(_sample_images, batch_size=batch_size),
+      jax.device_put(dataset.images), jax.device_put(dataset.counts))
+
+
+def _sample_trajectories(images, counts, key, *, length, remember,
+                         batch_size):
+  def one(k):
+    k_cls, k_ex, k_mem = jax.random.split(k, 3)
+    c = jax.random.randint(k_cls, (), 0, images.shape[0])
+    # Distinct examples of class c, in random order (padding rows last).
+    scores = jax.random.uniform(k_ex, (images.shape[1],))
+    valid = jnp.arange(images.shape[1]) < counts[c]
+    picked = jnp.argsort(jnp.where(valid, scores, 2.0))[:length]
+    x = images[c, picked]
+    y = jnp.full((length,), c, jnp.int32)
+    mx, my = _uniform_images(images, counts, k_mem, remember)
+    return Task((x, y), (jnp.concatenate([x, mx]), jnp.concatenate([y, my])))
+  return jax.vmap(one)(jax.random.split(key, batch_size))
+
+
+def trajectory_sampler(dataset: ClassDataset, *, length: int, remember: int,
+                       batch_size: int = 1) -> jax.tree_util.Partial:
+  """`key -> Task` batch of continual-learning trajectories (OML, ANML).
+
+  Each task's support is a trajectory: `length` distinct examples of one
+  uniformly drawn class, in random order, labelled by the class's index in
+  `dataset`. Its query is the trajectory followed by a "remember set" of
+  `remember` images drawn as in `class_batch_sampler` (uniform class, then
+  uniform example, with their class indices), so the meta-loss asks for the
+  new class learnt without the others forgotten. The arrays are bound as in
+  `episode_sampler`.
+
+  Returns:
+    A callable PyTree; its Task has leading axis `batch_size`: support x
+    uint8 `[batch_size, length, H, W, C]`, y int32 `[batch_size, length]`;
+    query `[batch_size, length + remember, ...]`.
+  """
+  for name, value, least in (("length", length, 1),
+                             ("remember", remember, 1),
+                             ("batch_size", batch_size, 1)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ValueError(f"{name} must be an int >= {least}, got {value!r}.")
+  check_class_sizes(dataset, length, "the trajectory's length")
+  return jax.tree_util.Partial(
+      functools.partial(_sample_trajectories, length=length,
+                        remember=remember, batch_size=batch_size),
       jax.device_put(dataset.images), jax.device_put(dataset.counts))

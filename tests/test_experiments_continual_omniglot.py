@@ -1,0 +1,58 @@
+"""The continual Omniglot experiment end to end on the real Lake split."""
+
+import json
+import os
+
+import pytest
+
+from metajax.experiments import continual_omniglot as co
+
+
+def _config(data_dir, cache, **kw):
+  base = dict(method="oml", width=4, nm_width=3, hidden=8, trajectory=5,
+              remember=6, num_steps=4, log_every=2, checkpoint_every=2,
+              checkpoints=(3, 6), runs=2, selection_runs=1,
+              online_lrs=(0.01, 0.001), data_dir=data_dir, cache_dir=cache,
+              progress=False)
+  base.update(kw)
+  return co.Config(**base)
+
+
+@pytest.mark.parametrize("method", ["oml", "pretrain"])
+def test_a_run_trains_streams_and_writes_its_results(
+    shared_data_dir, omniglot_cache, tmp_path, method):
+  workdir = str(tmp_path / method)
+  results = co.train_and_evaluate(
+      _config(shared_data_dir, omniglot_cache, method=method), workdir)
+  stream = results["stream"]
+  assert stream["checkpoints"] == [3, 6]
+  assert len(stream["test"]) == 2 and stream["test"][0]["n"] == 2
+  assert set(stream["selected_lr"]) <= {0.01, 0.001}
+  for name in ("results.json", "continual.png", "metrics.jsonl",
+               "config.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["stream"]["test"] == stream["test"]
+  table = co.compare([workdir], str(tmp_path / "all.png"))
+  assert table.splitlines()[0].startswith("| method | images | 3 | 6 |")
+  assert os.path.exists(tmp_path / "all.png")
+
+
+def test_bad_settings_are_refused_before_any_work(shared_data_dir,
+                                                  omniglot_cache, tmp_path):
+  with pytest.raises(ValueError, match="scratch is not trained"):
+    co.train_and_evaluate(_config(shared_data_dir, omniglot_cache,
+                                  method="scratch"), str(tmp_path / "s"))
+  with pytest.raises(ValueError, match="cannot label a stream of 600"):
+    co.train_and_evaluate(_config(shared_data_dir, omniglot_cache,
+                                  outputs=500, checkpoints=(10, 600)),
+                          str(tmp_path / "o"))
+  with pytest.raises(ValueError, match="cannot label the 964 background"):
+    co.train_and_evaluate(_config(shared_data_dir, omniglot_cache,
+                                  outputs=700), str(tmp_path / "b"))
+  with pytest.raises(ValueError, match="online_lrs must be a finite"):
+    co.train_and_evaluate(_config(shared_data_dir, omniglot_cache,
+                                  online_lrs=(0.1, -1.0)),
+                          str(tmp_path / "l"))
+  for run in os.listdir(tmp_path):  # nothing but the workdir's lock file
+    assert set(os.listdir(tmp_path / run)) <= {".lock"}, run
