@@ -144,7 +144,7 @@ def _table_and_command_lines(text):
 @pytest.mark.parametrize("page", ["sinusoid.md", "regression_results.md",
                                   "vision.md", "student_results.md",
                                   "adaptive_testing.md", "benchmarks.md",
-                                  "robust.md"])
+                                  "robust.md", "continual.md"])
 def test_results_are_the_readmes(page):
   """Every result table row and command of a results page is in README.md.
 
