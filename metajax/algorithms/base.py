@@ -116,8 +116,8 @@ def apply_adapted(apply_fn: types.ApplyFn) -> types.PredictFn:
   return predict
 
 
-def batch_mean_grad(task_loss: Callable,
-                    has_aux: bool = False) -> types.MetaGradFn:
+def batch_mean_grad(task_loss: Callable, has_aux: bool = False,
+                    keyed: bool = False) -> types.MetaGradFn:
   """Builds `meta_grad` from a per-task loss: grad of its mean over the batch.
 
   The batch is mapped with `jax.vmap`, so one task's computation never sees
@@ -126,13 +126,19 @@ def batch_mean_grad(task_loss: Callable,
   Args:
     task_loss: `task_loss(meta_params, task) -> scalar`, or with `has_aux`
       `-> (scalar, dict of scalar metrics)`; the metrics are averaged over the
-      batch and reported beside "loss".
+      batch and reported beside "loss". With `keyed`, `task_loss(meta_params,
+      task, key)`.
     has_aux: whether `task_loss` returns metrics.
+    keyed: give each task its own key, split from `meta_grad`'s (which must
+      then be a key, not None).
   """
   def meta_grad(meta_params, tasks, key):
-    del key
     def mean_loss(mp):
-      out = jax.vmap(task_loss, in_axes=(None, 0))(mp, tasks)
+      if keyed:
+        keys = jax.random.split(key, jax.tree.leaves(tasks)[0].shape[0])
+        out = jax.vmap(task_loss, in_axes=(None, 0, 0))(mp, tasks, keys)
+      else:
+        out = jax.vmap(task_loss, in_axes=(None, 0))(mp, tasks)
       losses, aux = out if has_aux else (out, {})
       return jnp.mean(losses), jax.tree.map(jnp.mean, aux)
     (loss, aux), grads = jax.value_and_grad(mean_loss, has_aux=True)(

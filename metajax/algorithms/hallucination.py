@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from metajax import types
 from metajax.algorithms.base import MetaLearner
+from metajax.algorithms.base import batch_mean_grad
 from metajax.algorithms.base import check_ways
 from metajax.algorithms.base import classification_metrics
 from metajax.algorithms.base import cross_entropy
@@ -107,22 +108,16 @@ def hallucinating_protonet(init_fn: types.ModelInitFn,
                         jnp.concatenate([support_y, labels]), ways)
     return -squared_distances(z[n:], protos)
 
-  def meta_grad(meta_params, tasks, key):
-    if key is None:
-      key = jax.random.PRNGKey(test_seed)
-    num_tasks = jax.tree.leaves(tasks)[0].shape[0]
-    keys = jax.random.split(key, num_tasks)
+  def task_loss(meta_params, task, key):
+    out = logits(meta_params, task.support, task.query[0], key)
+    return (cross_entropy(out, task.query[1]),
+            classification_metrics(out, task.query[1]))
 
-    def mean_loss(mp):
-      def one(task, k):
-        out = logits(mp, task.support, task.query[0], k)
-        return (cross_entropy(out, task.query[1]),
-                classification_metrics(out, task.query[1]))
-      losses, metrics = jax.vmap(one)(tasks, keys)
-      return jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
-    (loss, metrics), grads = jax.value_and_grad(mean_loss, has_aux=True)(
-        meta_params)
-    return grads, dict(metrics, loss=loss)
+  keyed_grad = batch_mean_grad(task_loss, has_aux=True, keyed=True)
+
+  def meta_grad(meta_params, tasks, key):
+    return keyed_grad(meta_params, tasks, jax.random.PRNGKey(test_seed)
+                      if key is None else key)
 
   def predict(meta_params, support, query_x):
     return logits(meta_params, support, query_x,

@@ -209,19 +209,30 @@ INNER_OPTIMIZERS = {
 }
 
 
-def _embedding(build):
-  """A learner that compares embeddings: any number of ways at test."""
+def _embedding(choose):
+  """A learner that compares embeddings: any number of ways at test.
+
+  `choose(config, output) -> (builder, its options)`, `output` the shape
+  and dtype of one embedding."""
   def make(config, ways):
     net = BACKBONES[config.backbone](config, None, False)
     init_fn, apply_fn, output = _model(config, net)
-    if build is algorithms.matching:
-      return build(init_fn, apply_fn, ways=ways, scale=config.matching_scale)
-    if config.hallucinate:
-      return algorithms.hallucinating_protonet(
-          init_fn, apply_fn, ways=ways, extra=config.hallucinate,
-          embed_dim=output.shape[-1])
-    return build(init_fn, apply_fn, ways=ways)
+    build, options = choose(config, output)
+    return build(init_fn, apply_fn, ways=ways, **options)
   return make
+
+
+def _protonet(config, output):
+  """ProtoNets; with --hallucinate, with its generator of examples."""
+  if not config.hallucinate:
+    return algorithms.protonet, {}
+  return algorithms.hallucinating_protonet, dict(
+      extra=config.hallucinate, embed_dim=output.shape[-1])
+
+
+def _matching(config, output):
+  del output
+  return algorithms.matching, dict(scale=config.matching_scale)
 
 
 def _relation(config, ways):
@@ -296,8 +307,8 @@ ALGORITHMS = {
     **{name: Algorithm(True, _classifier(getattr(algorithms, name)))
        for name in ("maml", "fomaml", "anil", "meta_sgd", "maml_plus_plus",
                     "reptile", "imaml")},
-    "protonet": Algorithm(False, _embedding(algorithms.protonet)),
-    "matching": Algorithm(False, _embedding(algorithms.matching)),
+    "protonet": Algorithm(False, _embedding(_protonet)),
+    "matching": Algorithm(False, _embedding(_matching)),
     "relation": Algorithm(False, _relation),
     "pretrain": Algorithm(False, _pretrain, whole_class=True),
 }
