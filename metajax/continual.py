@@ -255,22 +255,18 @@ def protocol(apply_fn: types.ApplyFn, loss: types.Loss,
                      f"and {selection_runs}.")
   checkpoints = [int(c) for c in checkpoints]
   num_classes = max(checkpoints)
-  done = [0]
-
-  def counted(c):
-    if progress is not None:
-      progress(done[0] + c)
-
   curves = []
   for i, k in enumerate(jax.random.split(key, selection_runs + runs)):
     stream = make_stream(dataset, k, num_classes=num_classes,
                          train_per_class=train_per_class,
                          test_per_class=test_per_class)
+    # Classes learnt over all streams: this stream's, after the earlier ones.
+    counted = None if progress is None else (
+        lambda c, before=i * num_classes: progress(before + c))
     curves.append(learn_stream(
         apply_fn, loss, params, stream, adapted=adapted, lrs=lrs,
         checkpoints=checkpoints, optimizer=optimizer, head=head,
         progress=counted))
-    done[0] = (i + 1) * num_classes
   pick = np.mean([c["train"] for c in curves[:selection_runs]], axis=0)
   chosen = np.argmax(pick, axis=0)  # [len(checkpoints)]
   reported = curves[selection_runs:]
