@@ -45,9 +45,9 @@ FLAGS = flags.FLAGS
 
 
 def _restored(workdir: str, ways: int):
-  config = fv.read_config(workdir)
-  learner = fv.make_learner(config, ways)
-  return config, learner, checkpoint.restore_params(
+  """(learner, meta-parameters) of a run's newest checkpoint."""
+  learner = fv.make_learner(fv.read_config(workdir), ways)
+  return learner, checkpoint.restore_params(
       workdir, learner.init(jax.random.PRNGKey(0)))
 
 
@@ -70,6 +70,10 @@ def main(argv):
     raise ValueError(f"{FLAGS.workdir} was not trained with --hallucinate.")
   if FLAGS.baseline:
     other = fv.read_config(FLAGS.baseline)
+    if other.algorithm != "protonet" or other.hallucinate:
+      raise ValueError(f"--baseline {FLAGS.baseline} is not a plain ProtoNets "
+                       f"run (algorithm={other.algorithm!r}, hallucinate="
+                       f"{other.hallucinate}).")
     for name in ("dataset", "split", "seed", "eval_episodes", "test_query",
                  "test_shots", "shots"):
       if getattr(other, name) != getattr(config, name):
@@ -88,7 +92,7 @@ def main(argv):
         "\"as trained\" |")
   print("| --- | --- | --- | --- |")
   for ways in (int(w) for w in FLAGS.ways):
-    _, learner, meta_params = _restored(FLAGS.workdir, ways)
+    learner, meta_params = _restored(FLAGS.workdir, ways)
     net = fv.BACKBONES[config.backbone](config, None, False)
     init_fn, apply_fn, output = fv._model(config, net)  # pylint: disable=protected-access
     plain = algorithms.protonet(init_fn, apply_fn, ways=ways)
@@ -99,7 +103,7 @@ def main(argv):
         "no generator": (plain, {"params": meta_params["params"]}),
     }
     if FLAGS.baseline:
-      _, base_learner, base_params = _restored(FLAGS.baseline, ways)
+      base_learner, base_params = _restored(FLAGS.baseline, ways)
       runs["baseline run"] = (base_learner, base_params)
     scores = {name: fv._accuracy(  # pylint: disable=protected-access
         config, run_learner, params, splits["test"], ways,
