@@ -121,6 +121,72 @@ def test_meta_training_lowers_the_loss_of_a_conv4_classifier():
   assert metrics["loss"][-1] < 0.5 * metrics["loss"][0], metrics
 
 
+def test_minibatches_take_one_shuffled_pass_over_each_task():
+  """Each task's pooled data, permuted by its own key, is cut into `steps`
+  slices, and inner step t descends on slice t only."""
+  learner = _learner(steps=3, lr=0.1, minibatches=True)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  params = meta_params["params"]
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 2)
+  key = jax.random.PRNGKey(5)
+  grads, _ = jax.jit(learner.meta_grad)(meta_params, tasks, key)
+  step = jax.jit(lambda p, b: jax.tree.map(
+      lambda w, g: w - 0.1 * g, p, jax.grad(loss_fn)(p, b)))
+  adapted = []
+  for task, task_key in zip(_per_task(tasks), jax.random.split(key, 2)):
+    x, y = metajax.merge_sets(task)
+    order = np.asarray(jax.random.permutation(task_key, x.shape[0]))
+    assert sorted(order) == list(range(12))  # 5 support + 7 query.
+    p = params
+    for t in range(3):
+      rows = order[4 * t:4 * (t + 1)]
+      p = step(p, (x[rows], y[rows]))
+    adapted.append(p)
+  expected = jax.tree.map(lambda q, *a: q - sum(a) / 2, params, *adapted)
+  chex.assert_trees_all_close(grads["params"], expected, rtol=1e-5, atol=1e-6)
+  # Another key shuffles otherwise, so the step differs.
+  other, _ = jax.jit(learner.meta_grad)(meta_params, tasks,
+                                        jax.random.PRNGKey(6))
+  assert not np.allclose(other["params"]["head"]["w"],
+                         grads["params"]["head"]["w"])
+
+
+def test_an_optax_inner_optimizer_takes_the_steps():
+  adam = optax.adam(0.05)
+  learner = _learner(steps=3, inner_optimizer=adam)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  params = meta_params["params"]
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 2)
+  grads, _ = jax.jit(learner.meta_grad)(meta_params, tasks, None)
+  adapted = [metajax.adapt(loss_fn, params, metajax.merge_sets(t), steps=3,
+                           optimizer=adam) for t in _per_task(tasks)]
+  expected = jax.tree.map(lambda q, *a: q - sum(a) / 2, params, *adapted)
+  chex.assert_trees_all_close(grads["params"], expected, rtol=1e-5, atol=1e-6)
+  # Adam's first step moves every parameter by about its rate, which
+  # gradient descent at that rate does not.
+  sgd = metajax.adapt(loss_fn, params, metajax.merge_sets(
+      _per_task(tasks)[0]), steps=3, lr=0.05)
+  assert not np.allclose(adapted[0]["body"]["w"], sgd["body"]["w"])
+  support = _per_task(tasks)[0].support
+  chex.assert_trees_all_close(
+      learner.adapt(meta_params, support, steps=5),
+      metajax.adapt(loss_fn, params, support, steps=5, optimizer=adam))
+
+
+def test_bad_minibatch_and_optimizer_settings_are_rejected():
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 2)
+  learner = _learner(steps=5, minibatches=True)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="steps must divide 12"):
+    learner.meta_grad(meta_params, tasks, jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="shuffles each task's data"):
+    _learner(steps=3, minibatches=True).meta_grad(meta_params, tasks, None)
+  with pytest.raises(ValueError, match="steps >= 1"):
+    _learner(steps=0, minibatches=True)
+  with pytest.raises(ValueError):
+    _learner(lr=0.1, inner_optimizer=optax.adam(0.1))
+
+
 def test_bad_step_counts_are_rejected():
   with pytest.raises(ValueError, match="steps must be >= 0"):
     _learner(steps=-1)

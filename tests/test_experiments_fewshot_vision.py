@@ -306,13 +306,49 @@ def test_episodes_that_cannot_be_drawn_are_refused_before_training(
     ("distill_weight", 1.5, r"distill_weight must be in \[0, 1\]"),
     ("distill_from", "workdirs/t", "distill_from is for --algorithm=pretrain"),
     ("inner_optimizer", "adam", "inner_optimizer='adam' is for maml, fomaml, "
-     "anil and imaml; protonet takes gradient descent steps"),
+     "anil, imaml and reptile; protonet takes gradient descent steps"),
+    ("inner_minibatches", True, "inner_minibatches is for "
+     "--algorithm=reptile, not protonet"),
+    ("lr_anneal_steps", -1, "lr_anneal_steps must be >= 0"),
     ("hallucinate", -1, "hallucinate must be >= 0"),
     ("matching_scale", 0.0, "matching_scale must be finite and > 0"),
 ])
 def test_bad_flags_are_named_before_any_work(field, value, message):
   with pytest.raises(ValueError, match=message):
     _config("/nonexistent", "", **{field: value}).validate()
+
+
+def test_reptile_minibatches_must_split_the_episode_evenly():
+  config = _config("/nonexistent", "", algorithm="reptile", ways=5, shots=1,
+                   query=9, test_ways=(5,), inner_minibatches=True,
+                   inner_steps=5)
+  config.validate()  # 50 images in 5 minibatches of 10.
+  with pytest.raises(ValueError, match=r"each training episode's 50 images "
+                     r"\(ways 5 \* \(shots 1 \+ query 9\)\) into "
+                     r"inner_steps=3 equal minibatches"):
+    dataclasses.replace(config, inner_steps=3).validate()
+  with pytest.raises(ValueError, match="two schedules of the outer rate"):
+    dataclasses.replace(config, lr_halve_every=10,
+                        lr_anneal_steps=10).validate()
+
+
+def test_the_outer_rate_anneals_linearly_to_zero():
+  """--outer_optimizer=sgd at --outer_lr with --lr_anneal_steps: the step is
+  -rate(t) * grad, rate(t) falling linearly from outer_lr to 0 at t = N."""
+  opt = fv.make_optimizer(_config("/nonexistent", "", outer_optimizer="sgd",
+                                  outer_lr=1.0, lr_anneal_steps=4))
+  grad = {"w": jnp.array([2.0, -1.0])}
+  state = opt.init(grad)
+  steps = []
+  for _ in range(6):
+    update, state = opt.update(grad, state)
+    steps.append(np.asarray(update["w"]))
+  for t, rate in enumerate([1.0, 0.75, 0.5, 0.25, 0.0, 0.0]):
+    np.testing.assert_allclose(steps[t], [-2.0 * rate, rate], rtol=1e-6)
+  # Adam stays the default.
+  adam = fv.make_optimizer(_config("/nonexistent", "", outer_lr=0.1))
+  update, _ = adam.update(grad, adam.init(grad))
+  np.testing.assert_allclose(update["w"], [-0.1, 0.1], rtol=1e-4)
 
 
 def test_a_rerun_with_other_training_settings_is_refused(protonet_run):

@@ -7,11 +7,15 @@ query pooled), reaching `phi_i`. Its update is `theta + epsilon * (mean_i phi_i
 the training loop's optax optimiser applies it like any gradient: SGD with
 learning rate `epsilon` is the paper's update, Adam its adaptive variant.
 
-The inner loop is `metajax.inner.adapt`: full-batch gradient descent at a fixed
-rate. The paper's inner loop runs Adam on minibatches; a few-shot task is
-small enough that one batch holds it all, and plain SGD keeps the inner loop
-the same as MAML's. Nothing is differentiated through the inner loop, so the
-cost of a meta-step is that of `steps` ordinary training steps per task.
+The inner loop is `metajax.inner.adapt`: by default full-batch gradient
+descent at a fixed rate, the same loop as MAML's. The paper's released
+Omniglot and mini-ImageNet runs differ in two ways, both options here:
+`inner_optimizer` (they use Adam) and `minibatches`, under which each inner
+step sees only the next of `steps` equal slices of the task's data, shuffled
+afresh for every task (their `--inner-batch` times `--inner-iters` equals the
+training task's size, so the inner loop is one pass over it). Nothing is
+differentiated through the inner loop, so the cost of a meta-step is that of
+`steps` ordinary training steps per task.
 
 With one inner step, `theta - phi_i = lr * grad L_i(theta)`: the
 pseudo-gradient is `lr` times the joint-training gradient. Only from two steps
@@ -22,6 +26,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from metajax import inner
 from metajax import tasks as tasks_lib
@@ -32,11 +37,14 @@ from metajax.algorithms.base import supervised_loss
 
 
 def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
-            loss: types.Loss, *, steps: int = 5, lr: float = 0.01,
+            loss: types.Loss, *, steps: int = 5,
+            lr: Optional[float] = None,
+            inner_optimizer: Optional[optax.GradientTransformation] = None,
+            minibatches: bool = False,
             metrics: Optional[types.MetricsFn] = None,
             pool: Callable[[tasks_lib.Task], types.Examples] = (
                 tasks_lib.merge_sets)) -> MetaLearner:
-  """Reptile with a gradient-descent inner loop.
+  """Reptile: gradient descent or an optax optimiser in the inner loop.
 
   Args:
     init_fn: `init_fn(key) -> params`, e.g. `lambda k: model.init(k, x)`.
@@ -46,7 +54,20 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     steps: inner gradient steps per task during meta-training, and by default
       the fine-tuning steps of `adapt` on a support set (the paper uses more
       at test time: pass `adapt(..., steps=...)`).
-    lr: inner learning rate, in meta-training and in `adapt`.
+    lr: gradient descent's inner rate, in meta-training and in `adapt`
+      (None: 0.01); give it or `inner_optimizer`, not both.
+    inner_optimizer: an optax `GradientTransformation` for the inner loop
+      (e.g. `optax.adam(1e-3, b1=0.0)`, the released runs' Adam without
+      momentum), its state fresh for every task and every `adapt`. The
+      released code instead carries Adam's moments from task to task; a
+      fresh state keeps each task's adaptation a function of that task
+      alone, as it is at test time.
+    minibatches: in meta-training, inner step t takes its gradient on the
+      t-th of `steps` equal slices of the task's pooled data, after a
+      shuffle drawn from `meta_grad`'s key for each task (the paper's
+      minibatch inner loop, one pass over the data); `steps` must divide
+      the pooled set's size. `adapt` still uses the whole support set at
+      every step, as the paper does at test time.
     metrics: optional `metrics(predictions, targets) -> dict of scalars`
       (e.g. `classification_metrics`), reported by `meta_grad` for the query
       set after `adapt` on the support set, as evaluation scores a task. This
@@ -64,7 +85,11 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     after the inner loop, and those of `metrics`.
   """
   inner.check_steps(steps)
-  inner.check_scalar_lr(lr)
+  if minibatches and steps < 1:
+    raise ValueError("minibatches splits the data among the inner steps, so "
+                     f"it needs steps >= 1; got steps={steps}.")
+  lr = inner.inner_rate(lr, inner_optimizer)
+  step_options = dict(lr=lr, optimizer=inner_optimizer)
   loss_fn = supervised_loss(apply_fn, loss)
 
   def init(key):
@@ -76,15 +101,29 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     return inner.adapt(
         loss_fn, meta_params["params"], support,
         steps=default_steps if steps is None else inner.check_steps(steps),
-        lr=lr)
+        **step_options)
+
+  def shuffled(data, key):
+    n = jax.tree.leaves(data)[0].shape[0]
+    inner.online_batches(data, steps)  # Refuses a size `steps` can't split.
+    order = jax.random.permutation(key, n)
+    return jax.tree.map(lambda x: x[order], data)
 
   def meta_grad(meta_params, tasks, key):
-    del key
     params = meta_params["params"]
+    if minibatches:
+      if key is None:
+        raise ValueError("reptile with minibatches shuffles each task's data "
+                         "by meta_grad's key; got key=None.")
+      keys = jax.random.split(key, tasks_lib.num_tasks(tasks))
+    else:
+      keys = None  # Nothing is random: the whole task is every step's batch.
 
-    def one_task(task):
+    def one_task(task, task_key):
       data = pool(task)
-      adapted = inner.adapt(loss_fn, params, data, steps=steps, lr=lr)
+      batch = shuffled(data, task_key) if minibatches else data
+      adapted = inner.adapt(loss_fn, params, batch, steps=steps,
+                            online=minibatches, **step_options)
       values = {"loss": loss_fn(params, data),
                 "adapted_loss": loss_fn(adapted, data)}
       if metrics is not None:
@@ -94,7 +133,7 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
       return adapted, values
 
     # vmap keeps each task's batch statistics to itself, as in MAML.
-    adapted, values = jax.vmap(one_task)(tasks)
+    adapted, values = jax.vmap(one_task)(tasks, keys)
     pseudo_grad = jax.tree.map(lambda p, a: p - jnp.mean(a, axis=0), params,
                                adapted)
     return {"params": pseudo_grad}, jax.tree.map(jnp.mean, values)

@@ -189,6 +189,8 @@ def _classifier(build):
     if config.inner_optimizer != "sgd":
       options = dict(inner_optimizer=INNER_OPTIMIZERS[
           config.inner_optimizer](config.inner_lr))
+    if config.inner_minibatches:
+      options.update(minibatches=True)
     if build is algorithms.imaml:
       options.update(reg=config.imaml_reg, cg_steps=config.cg_steps,
                      damping=config.imaml_damping)
@@ -206,7 +208,13 @@ HOST_PIPELINES = {"numpy": host_episodes.numpy_episodes,
 INNER_OPTIMIZERS = {
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
     "adam": optax.adam,
+    # Adam without its momentum (b1 = 0): Reptile's released inner loop.
+    "adam_b1_0": lambda lr: optax.adam(lr, b1=0.0),
 }
+
+# --outer_optimizer: the optimiser of the meta-parameters at a rate or
+# schedule.
+OUTER_OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
 
 
 def _embedding(choose):
@@ -369,9 +377,14 @@ class Config(harness.RunConfig):
                                 "--inner_steps).", rerun_may_change=True)
   inner_lr: float = field(0.4, "Inner learning rate.")
   inner_optimizer: str = field(
-      "sgd", "Inner-loop optimiser of maml, fomaml, anil and imaml, at "
-      "--inner_lr: sgd (gradient descent), momentum (0.9) or adam.",
-      choices=("sgd",) + tuple(INNER_OPTIMIZERS))
+      "sgd", "Inner-loop optimiser of maml, fomaml, anil, imaml and "
+      "reptile, at --inner_lr: sgd (gradient descent), momentum (0.9), adam, "
+      "or adam_b1_0 (Adam without momentum, Reptile's released runs).", choices=("sgd",) + tuple(INNER_OPTIMIZERS))
+  inner_minibatches: bool = field(
+      False, "With --algorithm=reptile: inner step t of meta-training sees "
+      "only the t-th of --inner_steps equal slices of the shuffled episode "
+      "(support and query pooled), as in the paper's released runs; "
+      "--inner_steps must divide the episode's ways * (shots + query).")
   imaml_reg: float = field(2.0, "iMAML's proximal strength lambda.")
   cg_steps: int = field(5, "iMAML's conjugate-gradient iterations per "
                         "meta-gradient.")
@@ -379,9 +392,17 @@ class Config(harness.RunConfig):
       10.0, "iMAML's damping: CG solves ((1 + damping) I + H / lambda) x = "
       "g. Conv4's support Hessian is indefinite and the undamped system "
       "(0, the paper's equation) makes CG diverge; see docs/imaml.md.")
-  outer_lr: float = field(1e-3, "Adam learning rate.")
+  outer_optimizer: str = field(
+      "adam", "Optimiser of the meta-parameters: adam, or sgd (with "
+      "--algorithm=reptile and --outer_lr=1, the paper's meta-step).",
+      choices=tuple(OUTER_OPTIMIZERS))
+  outer_lr: float = field(1e-3, "Outer (meta) learning rate.")
   lr_halve_every: int = field(0, "Halve the outer learning rate every N "
                               "steps (0: never).")
+  lr_anneal_steps: int = field(
+      0, "Anneal the outer learning rate linearly from --outer_lr to 0 "
+      "over this many steps, then hold it at 0 (0: no annealing). "
+      "Reptile's released runs anneal over all of training.")
   num_steps: int = field(5000, "Meta-training steps.", rerun_may_change=True)
   eval_every: int = field(500, "Steps between validation evaluations.",
                           rerun_may_change=True)
@@ -460,7 +481,8 @@ class Config(harness.RunConfig):
     harness.check_positive(self, ("ways", "test_ways"), least=2)
     harness.check_positive(self, ("test_shots", "test_inner_steps",
                                   "hallucinate",
-                                  "lr_halve_every", "eval_every",
+                                  "lr_halve_every", "lr_anneal_steps",
+                                  "eval_every",
                                   "val_episodes", "test_attack_steps"),
                            least=0)
     for name in ("aq_eps", "aq_step_size", "test_attack_eps",
@@ -475,11 +497,27 @@ class Config(harness.RunConfig):
       raise ValueError(f"imaml_reg must be finite and > 0, got "
                        f"{self.imaml_reg}.")
     if (self.inner_optimizer != "sgd" and
-        self.algorithm not in ("maml", "fomaml", "anil", "imaml")):
+        self.algorithm not in ("maml", "fomaml", "anil", "imaml", "reptile")):
       raise ValueError(
           f"inner_optimizer={self.inner_optimizer!r} is for maml, fomaml, "
-          f"anil and imaml; {self.algorithm} takes gradient descent steps "
-          f"(inner_optimizer='sgd').")
+          f"anil, imaml and reptile; {self.algorithm} takes gradient descent "
+          f"steps (inner_optimizer='sgd').")
+    if self.inner_minibatches:
+      if self.algorithm != "reptile":
+        raise ValueError(f"inner_minibatches is for --algorithm=reptile, "
+                         f"not {self.algorithm}.")
+      pooled = self.ways * (self.shots + self.query)
+      if pooled % self.inner_steps:
+        raise ValueError(
+            f"inner_minibatches splits each training episode's {pooled} "
+            f"images (ways {self.ways} * (shots {self.shots} + query "
+            f"{self.query})) into inner_steps={self.inner_steps} equal "
+            f"minibatches; inner_steps must divide {pooled}.")
+    if self.lr_halve_every and self.lr_anneal_steps:
+      raise ValueError(
+          f"lr_halve_every={self.lr_halve_every} and lr_anneal_steps="
+          f"{self.lr_anneal_steps} are two schedules of the outer rate; "
+          f"choose one.")
     if (ALGORITHMS[self.algorithm].gradient_based and
         set(self.test_ways) != {self.ways}):
       raise ValueError(
@@ -568,11 +606,16 @@ def test_attack(config: Config) -> adversarial.PGD:
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-  """Adam at `outer_lr`, halved every `lr_halve_every` steps if > 0."""
+  """`outer_optimizer` at `outer_lr`: halved every `lr_halve_every` steps,
+  or annealed linearly to 0 over `lr_anneal_steps`, when either is > 0."""
+  rate = config.outer_lr
   if config.lr_halve_every:
-    return optax.adam(optax.exponential_decay(
-        config.outer_lr, config.lr_halve_every, 0.5, staircase=True))
-  return optax.adam(config.outer_lr)
+    rate = optax.exponential_decay(config.outer_lr, config.lr_halve_every,
+                                   0.5, staircase=True)
+  elif config.lr_anneal_steps:
+    rate = optax.linear_schedule(config.outer_lr, 0.0,
+                                 config.lr_anneal_steps)
+  return OUTER_OPTIMIZERS[config.outer_optimizer](rate)
 
 
 def task_chunk(config: Config):
