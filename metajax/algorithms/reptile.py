@@ -104,9 +104,7 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
         **step_options)
 
   def shuffled(data, key):
-    n = jax.tree.leaves(data)[0].shape[0]
-    inner.online_batches(data, steps)  # Refuses a size `steps` can't split.
-    order = jax.random.permutation(key, n)
+    order = jax.random.permutation(key, jax.tree.leaves(data)[0].shape[0])
     return jax.tree.map(lambda x: x[order], data)
 
   def meta_grad(meta_params, tasks, key):

@@ -379,7 +379,8 @@ class Config(harness.RunConfig):
   inner_optimizer: str = field(
       "sgd", "Inner-loop optimiser of maml, fomaml, anil, imaml and "
       "reptile, at --inner_lr: sgd (gradient descent), momentum (0.9), adam, "
-      "or adam_b1_0 (Adam without momentum, Reptile's released runs).", choices=("sgd",) + tuple(INNER_OPTIMIZERS))
+      "or adam_b1_0 (Adam without momentum, Reptile's released runs).",
+      choices=("sgd",) + tuple(INNER_OPTIMIZERS))
   inner_minibatches: bool = field(
       False, "With --algorithm=reptile: inner step t of meta-training sees "
       "only the t-th of --inner_steps equal slices of the shuffled episode "
