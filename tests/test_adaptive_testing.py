@@ -87,6 +87,7 @@ def _steps_that_read_unasked_answers(select, params_of, task, num_asked):
   return order, moved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["random", "fisher", "kl", "policy"])
 def test_no_selector_reads_an_answer_before_asking_it(name):
   selectors, params = _selectors()

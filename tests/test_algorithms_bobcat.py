@@ -68,6 +68,7 @@ def test_policy_learns_to_ask_the_informative_questions():
   assert by_policy > 0.95, by_policy
 
 
+@pytest.mark.slow
 def test_meta_grad_trains_both_parts_and_is_finite():
   bob = _bobcat(test_lengths=(1, 3), hidden=16)
   params = bob.learner.init(jax.random.PRNGKey(0))

@@ -100,6 +100,7 @@ def test_reset_outputs_zeroes_only_the_named_classes():
     continual.reset_outputs(params, jnp.asarray([0]), head="out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["oml", "anml"])
 def test_the_meta_gradient_through_the_online_pass_is_exact(x64, kind):
   learner = _learner(kind, dtype=jnp.float64)

@@ -28,6 +28,7 @@ def _learners():
   return hal, algorithms.protonet(init_fn, embed_fn, ways=WAYS)
 
 
+@pytest.mark.slow
 def test_a_generator_at_zero_leaves_the_prototypes_of_protonets():
   hal, proto = _learners()
   meta = hal.init(fewshot.key())
@@ -42,6 +43,7 @@ def test_a_generator_at_zero_leaves_the_prototypes_of_protonets():
       rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_the_generator_learns_through_the_episode_loss():
   hal, _ = _learners()
   tasks = fewshot.tiny_episodes(ways=WAYS, shots=1)

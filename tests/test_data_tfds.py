@@ -248,6 +248,7 @@ def test_omniglot_one_set(omniglot_tfds_dir):
     np.testing.assert_array_equal(raw.images, both.images[3:])
 
 
+@pytest.mark.slow
 def test_tfds_drawings_train_through_a_tf_data_pipeline(omniglot_tfds_dir):
   """tfds to the device end to end: drawings read by tfds, episodes built
   by tf.data (`host_episodes.tf_episodes`), fed to `metajax.train`."""

@@ -174,6 +174,7 @@ def test_length_buckets_are_doublings_of_the_shortest_capped_at_the_width():
       [8, 8, 8, 16, 16, 32, 40, 40])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sequence", ["lstm", "attention"])
 def test_narrower_widths_score_as_the_whole_width(sequence):
   import jax

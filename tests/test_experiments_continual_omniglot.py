@@ -18,6 +18,7 @@ def _config(data_dir, cache, **kw):
   return co.Config(**base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["oml", "pretrain"])
 def test_a_run_trains_streams_and_writes_its_results(
     shared_data_dir, omniglot_cache, tmp_path, method):

@@ -55,6 +55,7 @@ def protonet_run(tmp_path_factory, data):
   return workdir, results
 
 
+@pytest.mark.slow
 def test_run_writes_results_curves_logs_and_checkpoints(protonet_run):
   workdir, results = protonet_run
   with open(os.path.join(workdir, "results.json")) as f:
@@ -75,6 +76,7 @@ def test_run_writes_results_curves_logs_and_checkpoints(protonet_run):
   assert "20-way 1-shot" in fv.format_results(results)
 
 
+@pytest.mark.slow
 def test_predictor_takes_raw_drawings_of_a_custom_episode(protonet_run,
                                                           data):
   """A 10-way 1-shot episode of raw drawings of the data folder."""
@@ -104,6 +106,7 @@ def test_predictor_takes_raw_drawings_of_a_custom_episode(protonet_run,
                              logits, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_predictor_names_inputs_it_would_misread(protonet_run):
   """Each error comes at the call, before any image reaches the network."""
   workdir, _ = protonet_run
@@ -217,6 +220,7 @@ def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(
     assert json.load(f1)["test"] == json.load(f2)["test"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["numpy", "tf"])
 def test_host_built_episodes_train_and_resume_exactly(tmp_path, data,
                                                       pipeline):
@@ -351,6 +355,7 @@ def test_the_outer_rate_anneals_linearly_to_zero():
   np.testing.assert_allclose(update["w"], [-0.1, 0.1], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_training_settings_is_refused(protonet_run):
   workdir, results = protonet_run
   config = fv.read_config(workdir)
@@ -367,6 +372,7 @@ def test_a_rerun_with_other_training_settings_is_refused(protonet_run):
   assert fv.read_config(workdir) == config
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_rescored_under_attack(protonet_run, tmp_path):
   """--test_attack_steps re-evaluates a finished workdir (no training) on
   the same test episodes, attacked: the natural learner loses accuracy."""
@@ -387,6 +393,7 @@ def test_a_finished_run_is_rescored_under_attack(protonet_run, tmp_path):
       results)
 
 
+@pytest.mark.slow
 def test_adversarial_querying_trains_on_attacked_queries(data, tmp_path):
   """An --adversarial_query run's training loss is its loss on attacked
   queries: higher than a natural run's at the same step and parameters."""
@@ -408,6 +415,7 @@ def test_adversarial_querying_trains_on_attacked_queries(data, tmp_path):
   assert attacked["loss"] > clean["loss"]
 
 
+@pytest.mark.slow
 def test_whole_class_pretraining_and_its_born_again_student(data, tmp_path):
   teacher_dir, student_dir = str(tmp_path / "teacher"), str(tmp_path / "s")
   base = dict(algorithm="pretrain", batch_size=32, num_steps=10,

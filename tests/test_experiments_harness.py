@@ -66,6 +66,7 @@ def _tiny_sinusoid(**kw):
   return sinusoid.Config(**values)
 
 
+@pytest.mark.slow
 def test_one_opening_and_closing_for_every_experiment(tmp_path):
   workdir = str(tmp_path / "run")
   config = _tiny_sinusoid()

@@ -149,6 +149,7 @@ def test_runs_on_a_third_dataset_and_reruns_to_the_same_results(
   assert again["cold_start_gain"] == results["cold_start_gain"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["dkt", "sakt"])
 def test_sequence_models_run_in_process(model, synthetic_dataset, tmp_path):
   config = sp.Config(dataset="kt_sample", data_dir=synthetic_dataset[0],
@@ -213,6 +214,7 @@ def test_bad_values_are_rejected_up_front(field, value, message):
     sp.Config(model="sakt", num_heads=3).validate()
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_support_sizes_is_refused(synthetic_dataset,
                                                      tmp_path):
   data_dir, _ = synthetic_dataset

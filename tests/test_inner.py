@@ -84,6 +84,7 @@ def _mlp_problem(dtype):
 # With remat, 3 and 7 (prime) steps are checkpointed one by one, 8 also in 4
 # segments of 2 and 9 in 3 of 3. Per-step rates and the multi-step loss make
 # the segments split a scanned input and join a scanned output.
+@pytest.mark.slow
 @pytest.mark.parametrize("problem,steps,per_step", [
     (_mlp_problem, 3, False), (_mlp_problem, 7, False),
     (_mlp_problem, 9, False), (_mlp_problem, 8, True),
@@ -107,6 +108,7 @@ def test_remat_gives_the_same_gradient(x64, problem, steps, per_step):
                               rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 def test_remat_memory_grows_by_parameters_not_activations():
   """XLA's compiled temporary memory of the meta-gradient at 4 and 16 steps.
 

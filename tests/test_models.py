@@ -88,6 +88,7 @@ def test_conv4_without_norm_is_conv_relu_blocks():
     models.Conv4(num_outputs=5, norm="layer").init(jax.random.PRNGKey(1), x)
 
 
+@pytest.mark.slow
 def test_max_pool_conv4_is_conv_norm_relu_pool_in_value_and_gradient(x64):
   # Conv4 pools before its ReLU; the values and gradients must be those of
   # the textbook order, conv -> norm -> ReLU -> pool, even where the norm's

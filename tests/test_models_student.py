@@ -100,6 +100,7 @@ def test_rasch_model_has_one_ability_and_no_empty_profile():
                              [1.5, 3.5, 3.5], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_attention_history_ignores_padding_and_hidden_positions():
   """SAKT's prediction at a position is that of the sequence cut there."""
   model, params, x = _dkt("attention")

@@ -3,9 +3,12 @@
 import os
 import re
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
   with open(os.path.join(ROOT, "README.md")) as f:
     blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)

@@ -193,6 +193,7 @@ def single(runs):
   return runs[0]
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_one_device_parameters(single):
   """Six steps on four devices, interrupted after three and resumed."""
   assert single["devices"] == 4
@@ -207,6 +208,7 @@ def test_four_devices_give_the_one_device_parameters(single):
   assert set(single["eval_devices"]) == {1}
 
 
+@pytest.mark.slow
 def test_each_device_holds_and_samples_its_own_tasks(single):
   assert single["split_on_tasks"]
   assert single["shards"] == [[0, 0, 2], [1, 2, 4], [2, 4, 6], [3, 6, 8]]
@@ -218,6 +220,7 @@ def test_each_device_holds_and_samples_its_own_tasks(single):
   assert single["all_reduce"]
 
 
+@pytest.mark.slow
 def test_host_fed_batches_split_over_devices_and_hosts(runs):
   """The sampled run's batches, made on the host and fed: on four devices
   of one process, and on two processes of two devices each."""
@@ -229,11 +232,13 @@ def test_host_fed_batches_split_over_devices_and_hosts(runs):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_indivisible_meta_batch_is_refused(single):
   message = single["indivisible_error"]
   assert "8 tasks" in message and "3 devices" in message
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(runs):
   single, results, workdir = runs
   assert [r["process"] for r in results] == [0, 1]
