@@ -95,10 +95,13 @@ class Config(harness.RunConfig):
                                 "rate of --online_lrs.",
                                 choices=tuple(ONLINE_OPTIMIZERS),
                                 rerun_may_change=True)
+  # From OML's released grid (0.03 ... 3e-5) down to 1e-7: after hundreds
+  # of classes the smallest rates win, and below 3e-7 the pick stops
+  # mattering (README, continual learning).
   online_lrs: Tuple[float, ...] = field(
-      (0.003, 0.001, 0.0003, 0.0001, 0.00003), "The grid of online rates; "
-      "each checkpoint's rate is picked on the selection streams.",
-      rerun_may_change=True)
+      (0.03, 0.01, 0.003, 0.001, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7,
+       1e-7), "The grid of online rates; each checkpoint's rate is picked "
+      "on the selection streams.", rerun_may_change=True)
   checkpoints: Tuple[int, ...] = field(
       continual.CHECKPOINTS, "Classes learnt when the network is scored.",
       rerun_may_change=True)
@@ -108,7 +111,7 @@ class Config(harness.RunConfig):
                               rerun_may_change=True)
   runs: int = field(5, "Streams reported (each its own classes and order).",
                     rerun_may_change=True)
-  selection_runs: int = field(2, "Further streams that pick the online "
+  selection_runs: int = field(5, "Further streams that pick the online "
                               "rate, by accuracy on the images learnt.",
                               rerun_may_change=True)
   source: str = field("npz", "Where the Omniglot drawings come from (as "
