@@ -95,9 +95,9 @@ class Config(harness.RunConfig):
                                 "rate of --online_lrs.",
                                 choices=tuple(ONLINE_OPTIMIZERS),
                                 rerun_may_change=True)
-  # From OML's released grid (0.03 ... 3e-5) down to 1e-7: after hundreds
-  # of classes the smallest rates win, and below 3e-7 the pick stops
-  # mattering (README, continual learning).
+  # The grid of OML's released evaluation script: after hundreds of classes
+  # the smallest rates win, so the grid must reach far down (README,
+  # continual learning).
   online_lrs: Tuple[float, ...] = field(
       (0.03, 0.01, 0.003, 0.001, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7,
        1e-7), "The grid of online rates; each checkpoint's rate is picked "
