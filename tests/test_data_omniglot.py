@@ -31,6 +31,22 @@ def test_all_1623_characters_in_canonical_order(raw):
   assert set(np.unique(raw.images[:5])) <= {0, 255}
 
 
+def test_canonical_sorts_names_with_their_drawings_and_keeps_sorted_ones(
+    raw):
+  few = raw._replace(images=raw.images[:4], sets=raw.sets[:4],
+                     alphabets=raw.alphabets[:4],
+                     characters=raw.characters[:4])
+  order = [2, 0, 3, 1]
+  shuffled = omniglot.OmniglotRaw(few.images[order],
+                                  *(tuple(v[i] for i in order)
+                                    for v in few[1:]))
+  again = omniglot.canonical(shuffled)
+  assert again[1:] == few[1:]
+  np.testing.assert_array_equal(again.images, few.images)
+  # Already in order, as the released files are: returned without a copy.
+  assert omniglot.canonical(few).images is few.images
+
+
 def test_transform_resizes_and_puts_ink_in_front(raw):
   drawing = raw.images[0, 0]
   out = np.asarray(omniglot.transform(drawing))

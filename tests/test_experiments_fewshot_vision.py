@@ -184,9 +184,10 @@ def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(
     tmp_path, shared_data_dir, omniglot_cache):
   steps = 600
   killed = str(tmp_path / "killed")
-  # The resumed run loads what the killed one compiled, as a rerun would.
-  flags = _flags(killed, shared_data_dir, omniglot_cache, steps,
-                 str(tmp_path / "xla_cache"))
+  # The resumed run loads what the killed one compiled, as a rerun would;
+  # so does the uninterrupted run in this process, from the tests' cache.
+  cache = os.environ.get("METAJAX_TEST_XLA_CACHE") or str(tmp_path / "xla")
+  flags = _flags(killed, shared_data_dir, omniglot_cache, steps, cache)
   proc = subprocess.Popen(flags, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   log = os.path.join(killed, "metrics.jsonl")

@@ -5,6 +5,9 @@ import json
 import os
 
 from absl import flags
+import chex
+import jax
+import jax.numpy as jnp
 import pytest
 
 from metajax.experiments import fewshot_vision
@@ -12,8 +15,26 @@ from metajax.experiments import harness
 from metajax.experiments import regression
 from metajax.experiments import sinusoid
 from metajax.experiments import student_performance
+from metajax.models import Conv4
+from metajax.models import RelationModule
+from metajax.models.continual import ANMLNet
+from metajax.models.continual import OMLNet
 
 EXPERIMENTS = (sinusoid, fewshot_vision, student_performance, regression)
+IMAGE = jnp.zeros((1, 28, 28, 1))
+
+
+@pytest.mark.parametrize("net,example", [
+    (Conv4(num_outputs=5, width=8, downsample="stride"), IMAGE),
+    (RelationModule(width=8), jnp.zeros((1, 7, 7, 16))),  # pairs of maps
+    (ANMLNet(10, width=8, nm_width=8), IMAGE),
+    (OMLNet(10, width=8, hidden=16), IMAGE),
+], ids=["conv4", "relation_module", "anml", "oml"])
+def test_a_compiled_init_draws_the_eager_values(net, example):
+  key = jax.random.PRNGKey(4)
+  init = harness.compiled_init(net, example.shape)
+  chex.assert_trees_all_equal(init(key), net.init(key, example))
+  assert harness.compiled_init(net, example.shape) is init  # compiled once
 
 
 def _flag_values(module, *argv):

@@ -155,7 +155,7 @@ def network(config: Config):
   else:
     net = OMLNet(config.outputs, width=config.width, hidden=config.hidden)
   example = jnp.zeros((1, 28, 28, 1), jnp.float32)
-  init_fn = lambda key: net.init(key, example)
+  init_fn = harness.compiled_init(net, example.shape)
   apply_fn = lambda params, x: net.apply(params,
                                          x.astype(jnp.float32) / 255.0)
   return init_fn, apply_fn

@@ -164,7 +164,7 @@ def _model(config, net):
   """
   example = jnp.zeros((1,) + DATASETS[config.dataset].input_shape,
                       jnp.float32)
-  init_fn = lambda key: net.init(key, example)
+  init_fn = harness.compiled_init(net, example.shape)
   apply_fn = lambda params, x: net.apply(params, x.astype(jnp.float32) / 255.0)
   output = jax.eval_shape(lambda: net.apply(init_fn(jax.random.PRNGKey(0)),
                                             example))
@@ -247,10 +247,10 @@ def _relation(config, ways):
   embed = RelationEmbedding(width=config.width)
   init_fn, apply_fn, maps = _model(config, embed)
   module = RelationModule(width=config.width)
-  pairs = jnp.zeros(maps.shape[:-1] + (2 * maps.shape[-1],), maps.dtype)
+  pairs = maps.shape[:-1] + (2 * maps.shape[-1],)
   return algorithms.relation(
-      init_fn, apply_fn, lambda key: module.init(key, pairs), module.apply,
-      ways=ways)
+      init_fn, apply_fn, harness.compiled_init(module, pairs, maps.dtype),
+      module.apply, ways=ways)
 
 
 class Algorithm(NamedTuple):

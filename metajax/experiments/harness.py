@@ -27,6 +27,7 @@ has. Each field's `help` metadata (see `field`) makes it an absl flag
 """
 
 import dataclasses
+import functools
 import glob
 import json
 import math
@@ -39,6 +40,7 @@ from typing import Any, Callable, ClassVar, Dict, NamedTuple, Optional
 from typing import Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 import metajax
@@ -156,6 +158,24 @@ class Experiment(NamedTuple):
   num_steps: Callable[[Any, Any], int]
   format_results: Callable[[Dict[str, Any]], str]
   outputs: Tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_init(module, shape: Tuple[int, ...], dtype=jnp.float32
+                  ) -> Callable[[jax.Array], Any]:
+  """`key -> module.init(key, zeros(shape, dtype))`, one compiled program.
+
+  Run eagerly, flax draws every parameter shape with a random-number
+  program compiled for it: seconds of every run's start on a CPU
+  (`benchmarks/compiled_init.py`). Cached by module (flax modules compare
+  by their fields), so that the runs and restores of one process compile
+  it once. For the few-shot and continual networks the compiled
+  initialiser gives the eager values bit for bit (tested), so no result
+  moves. Not for the student models: fused, `nn.initializers.normal(0.1)`
+  rounds some of their values 1 ulp otherwise, which would move their
+  published results.
+  """
+  return jax.jit(lambda key: module.init(key, jnp.zeros(shape, dtype)))
 
 
 def train_and_evaluate(experiment: Experiment, config, workdir: str
