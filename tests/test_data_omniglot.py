@@ -43,7 +43,7 @@ def test_canonical_sorts_names_with_their_drawings_and_keeps_sorted_ones(
   again = omniglot.canonical(shuffled)
   assert again[1:] == few[1:]
   np.testing.assert_array_equal(again.images, few.images)
-  # Already in order, as the released files are: returned without a copy.
+  # Already in order, as two sorted sets joined: returned without a copy.
   assert omniglot.canonical(few).images is few.images
 
 

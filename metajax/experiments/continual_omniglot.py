@@ -154,8 +154,7 @@ def network(config: Config):
                   nm_width=config.nm_width)
   else:
     net = OMLNet(config.outputs, width=config.width, hidden=config.hidden)
-  example = jnp.zeros((1, 28, 28, 1), jnp.float32)
-  init_fn = harness.compiled_init(net, example.shape)
+  init_fn = harness.compiled_init(net, (1, 28, 28, 1))
   apply_fn = lambda params, x: net.apply(params,
                                          x.astype(jnp.float32) / 255.0)
   return init_fn, apply_fn
