@@ -9,7 +9,8 @@ destination is a `Writer`; `MultiWriter` sends one record to several.
   run's authoritative log, read back by `read_metrics`.
 * `TensorBoardWriter` writes the same numbers as TensorBoard event files,
   without importing TensorFlow.
-* `ProgressWriter` shows them on a tqdm progress bar.
+* `ProgressWriter` shows them on a tqdm progress bar, and `LogWriter` logs
+  them one line each, for batch jobs with no terminal.
 """
 
 import contextlib
@@ -25,6 +26,8 @@ import tqdm
 from metajax import io as io_lib
 
 Record = Mapping[str, Any]
+# Experiments silence other libraries' INFO messages but not this logger's.
+_log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
@@ -65,8 +68,8 @@ def read_metrics(path: str) -> List[Dict[str, Any]]:
       int(record["step"])
     except (ValueError, KeyError, TypeError) as e:
       if not any(l.strip() for l in lines[number:]):
-        logging.warning("%s: dropped a torn last line %d (%s)", path,
-                        number, e)
+        _log.warning("%s: dropped a torn last line %d (%s)", path,
+                     number, e)
         break
       raise ValueError(f"{path}, line {number}: not a metrics record "
                        f"({type(e).__name__}: {e}).") from None
@@ -182,9 +185,31 @@ class ProgressWriter:
     self.bar.close()
 
 
+class LogWriter:
+  """Logs each record as one line at INFO: a batch job's progress.
+
+  The lines go to the `metajax.summary` logger, so wherever the program
+  sends INFO messages: absl programs to stderr (the experiments do with
+  `--noprogress`) or to `--log_dir`.
+  """
+
+  def __init__(self, total: int, desc: str = ""):
+    """Lines of the form `desc: step <step>/<total>, name=value, ...`."""
+    self.total, self.desc = total, desc
+
+  def write(self, record: Record) -> None:
+    numbers = ", ".join(f"{k}={v:.4g}" for k, v in record.items()
+                        if k != "step")
+    _log.info("%s: step %d/%d, %s", self.desc, int(record["step"]),
+              self.total, numbers)
+
+  def close(self) -> None:
+    pass
+
+
 def note(message: str, *, show: bool) -> None:
   """Logs `message` and, when `show`, prints it above any progress bar."""
-  logging.info("%s", message)
+  _log.info("%s", message)
   if show:
     tqdm.tqdm.write(message)
 

@@ -258,7 +258,8 @@ def train(learner: MetaLearner, optimizer: optax.GradientTransformation,
       `workdir/best.json`, and are loaded by
       `metajax.checkpoint.restore_best`. Needs `workdir`, `eval_fn` and
       `eval_every`.
-    progress: show a tqdm progress bar.
+    progress: show a tqdm progress bar; if False, log each record as one
+      line instead (`summary.LogWriter`, at INFO).
     desc: the progress bar's label.
     mesh: optional 1-D mesh over a "tasks" axis
       (`metajax.sharding.task_mesh()`): each meta-batch is split over its
@@ -507,7 +508,8 @@ def _open_writers(logdir: Optional[str], *, start: int, num_steps: int,
   """`(the run's own writers, training seconds logged up to step start)`.
 
   metrics.jsonl and TensorBoard files in `logdir` (None writes no files) and
-  the progress bar, all resumed at step `start`.
+  the progress bar or, without it, a log line a record, all resumed at step
+  `start`.
   """
   own, train_s = [], 0.0
   if logdir:
@@ -516,8 +518,8 @@ def _open_writers(logdir: Optional[str], *, start: int, num_steps: int,
     own += [jsonl, summary.TensorBoardWriter(os.path.join(logdir,
                                                           "tensorboard"))]
     train_s = jsonl.train_s
-  if progress:
-    own.append(summary.ProgressWriter(num_steps, initial=start, desc=desc))
+  own.append(summary.ProgressWriter(num_steps, initial=start, desc=desc)
+             if progress else summary.LogWriter(num_steps, desc=desc))
   return summary.MultiWriter(*own), train_s
 
 

@@ -80,8 +80,10 @@ def test_meta_gradient_is_the_closed_form_of_the_paper(x64, damping):
   phi = jax.jit(learner.adapt)(meta_params, task.support)
   flat, unravel = jax.flatten_util.ravel_pytree(phi)
   loss_fn = algorithms.supervised_loss(tiny_mlp, algorithms.mse)
-  hessian = jax.hessian(lambda v: loss_fn(unravel(v), task.support))(flat)
-  g = jax.grad(lambda v: loss_fn(unravel(v), task.query))(flat)
+  # Compiled, because an eager Hessian compiles each of its many operations.
+  hessian = jax.jit(jax.hessian(
+      lambda v: loss_fn(unravel(v), task.support)))(flat)
+  g = jax.jit(jax.grad(lambda v: loss_fn(unravel(v), task.query)))(flat)
   want = jnp.linalg.solve((1 + damping) * jnp.eye(flat.size) + hessian / reg,
                           g)
   np.testing.assert_allclose(

@@ -57,6 +57,10 @@ def test_writes_results_plot_logs_and_checkpoints(finished_run):
       assert [json.loads(l)["step"] for l in f] == [1000, 2000, 3000, 4000,
                                                      5000]
   assert "query MSE on 600 held-out tasks" in proc.stdout
+  # Without the bar (--progress=false), a log line for each record.
+  for learner in ("maml", "joint"):
+    for step in (1000, 5000):
+      assert f"{learner}: step {step}/5000, " in proc.stderr
 
 
 @pytest.mark.slow

@@ -126,3 +126,12 @@ def test_progress_writer_moves_the_bar_to_each_records_step(capsys):
   writer.close()
   summary.note("tiny: resumed from step 5", show=True)
   assert "tiny: resumed from step 5" in capsys.readouterr().out
+
+
+def test_log_writer_logs_one_line_a_record(caplog):
+  caplog.set_level(logging.INFO)
+  writer = summary.LogWriter(20, desc="tiny")
+  writer.write({"step": 10, "loss": 0.123456, "tasks_per_s": 250.0})
+  writer.close()
+  assert [r.getMessage() for r in caplog.records] == [
+      "tiny: step 10/20, loss=0.1235, tasks_per_s=250"]

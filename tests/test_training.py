@@ -1,6 +1,7 @@
 """The training loop: exact resume, non-finite handling, logs."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -129,6 +130,18 @@ def test_compile_time_is_printed_with_the_progress_bar(capsys):
                 key=jax.random.PRNGKey(0), num_steps=2, log_every=1,
                 desc="tiny", progress=True)
   assert re.search(r"tiny: compiled in \d+\.\d s", capsys.readouterr().out)
+
+
+def test_without_the_bar_each_record_is_logged_as_one_line(caplog):
+  caplog.set_level(logging.INFO)
+  metajax.train(_learner(), optax.adam(1e-2), SAMPLER,
+                key=jax.random.PRNGKey(0), num_steps=3, log_every=1,
+                desc="tiny", progress=False)
+  lines = [r.getMessage() for r in caplog.records
+           if r.getMessage().startswith("tiny: step ")]
+  assert [line.split(",")[0] for line in lines] == [
+      "tiny: step 1/3", "tiny: step 2/3", "tiny: step 3/3"]
+  assert all(re.search(r", loss=[\d.e+-]+", line) for line in lines)
 
 
 def test_loss_decreases_on_sinusoids():

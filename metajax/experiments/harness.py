@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import glob
 import json
+import logging as std_logging
 import math
 import os
 import platform
@@ -111,7 +112,10 @@ class RunConfig:
   seed: int = field(0, "Seed of the whole run.")
   log_every: int = log_every_field(100)
   checkpoint_every: int = checkpoint_every_field(1000)
-  progress: bool = field(True, "Show progress bars.", rerun_may_change=True)
+  progress: bool = field(
+      True, "Show progress bars. Without them (--noprogress) each training "
+      "record is logged as one line on stderr.",
+      rerun_may_change=True)
   shard_tasks: bool = field(False, "Shard each meta-batch over all visible "
                             "devices.", rerun_may_change=True)
 
@@ -498,8 +502,11 @@ def main(experiment: Experiment, argv: Sequence[str],
         num_processes=fv["num_processes"].value,
         process_id=fv["process_id"].value)
   if not fv["verbosity"].present:
-    # Orbax logs every checkpoint at INFO; keep the terminal for the bar.
+    # Orbax logs every checkpoint at INFO; keep the terminal for the bar or,
+    # without it, for metajax's own lines (a record each, summary.LogWriter).
     logging.set_verbosity(logging.WARNING)
+    if not fv["progress"].value:
+      std_logging.getLogger("metajax").setLevel(std_logging.INFO)
   enable_compilation_cache(fv["compilation_cache"].value)
   config = config_from_flags(experiment.config_class, fv)
   workdir = fv["workdir"].value
