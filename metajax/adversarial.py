@@ -40,9 +40,8 @@ class PGD(NamedTuple):
       none.
     high: the largest valid input value; inf for none.
     random_start: start from a uniform draw in the ball rather than from
-      the clean input, when the caller gives a key (meta-training does;
-      evaluation starts from the clean input, so its scores are a function
-      of the episodes alone).
+      the clean input, when the caller gives a key (meta-training and
+      `metajax.evaluate` do, one key a task).
   """
   eps: float
   steps: int

@@ -83,6 +83,14 @@ def test_the_attack_raises_the_loss_and_lowers_natural_accuracy(natural):
                            PGD._replace(steps=1))
   one_loss = _scores(learner, params, algorithms.cross_entropy, one)
   assert clean_loss.mean() < one_loss.mean() < robust_loss.mean()
+  # A HostTasks pipeline draws each batch's random starts from its index:
+  # a second pass repeats them, and the clean start gives other scores.
+  np.testing.assert_array_equal(
+      _scores(learner, params, algorithms.cross_entropy, attack), robust_loss)
+  from_clean = adversarial.attack(learner.predict, algorithms.cross_entropy,
+                                  PGD._replace(random_start=False))
+  assert np.any(_scores(learner, params, algorithms.cross_entropy,
+                        from_clean) != robust_loss)
 
 
 @pytest.mark.parametrize("compiled", [False, True])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import metajax
+from metajax import adversarial
 from metajax import algorithms
 from metajax.evaluation import accuracy
 from metajax.evaluation import task_metrics
@@ -76,6 +77,42 @@ def test_chunked_evaluation_equals_vmapped():
     assert chunked.shape == (20,) and chunked.dtype == np.float64
     np.testing.assert_allclose(chunked, vmapped, rtol=1e-5, atol=1e-7,
                                err_msg=f"task_chunk={chunk!r}")
+
+
+def test_a_random_start_attack_draws_one_start_a_task_from_the_key():
+  # An attack of no steps from a random start is its start alone: each
+  # task's queries plus its own uniform draw in the ball.
+  learner, meta_params = _maml_tiny()
+  sampler = sinusoid.sampler(8, 5, 10)
+  pgd = adversarial.PGD(eps=0.5, steps=0, step_size=0.1, low=-np.inf,
+                        high=np.inf)
+  start = adversarial.attack(learner.predict, algorithms.mse, pgd)
+  run = lambda attack, chunk=0, key=1: metajax.evaluate(
+      learner, meta_params, sampler, algorithms.mse,
+      key=jax.random.PRNGKey(key), num_tasks=12, task_chunk=chunk,
+      attack=attack)
+  clean, attacked = run(None), run(start)
+  assert np.all(attacked != clean)
+  np.testing.assert_array_equal(attacked, run(start))
+  assert np.all(run(start, key=2) != run(None, key=2))
+  for chunk in (3, 5):  # 5 leaves a short last chunk, padded with tasks
+    np.testing.assert_allclose(run(start, chunk), attacked, rtol=1e-5,
+                               err_msg=f"task_chunk={chunk}")
+  # By hand: the second batch's task 2 (task 10), from the key the batch's
+  # sampler key yields for the attack.
+  _, sub = jax.random.split(jax.random.split(jax.random.PRNGKey(1))[0])
+  task = jax.tree.map(lambda x: x[2], sampler(sub))
+  key = jax.random.split(jax.random.fold_in(sub, 1), 8)[2]
+  x, y = task.query
+  noisy = x + jax.random.uniform(key, x.shape, minval=-0.5, maxval=0.5)
+  state = learner.adapt(meta_params, task.support)
+  np.testing.assert_allclose(
+      attacked[10], algorithms.mse(learner.predict(meta_params, state, noisy),
+                                   y), rtol=1e-5)
+  # Without a random start the attack of no steps changes nothing.
+  still = adversarial.attack(learner.predict, algorithms.mse,
+                             pgd._replace(random_start=False))
+  np.testing.assert_array_equal(run(still), clean)
 
 
 def _conv_protonet(width=8):

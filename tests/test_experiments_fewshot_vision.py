@@ -392,6 +392,15 @@ def test_a_finished_run_is_rescored_under_attack(protonet_run, tmp_path):
     assert attack["robust_accuracy"] < clean["accuracy"] - 0.1
   assert "under PGD (eps 64/255, 5 steps of 16/255)" in fv.format_results(
       results)
+  # From random starts in the ball: the same clean scores, the start named.
+  config = dataclasses.replace(config, test_attack_random_start=True)
+  again = fv.train_and_evaluate(config, workdir)
+  for before, now in zip(results["test"], again["test"]):
+    assert now["accuracy"] == before["accuracy"]
+    assert (before["attack"]["random_start"], now["attack"]["random_start"]
+            ) == (False, True)
+    assert now["attack"]["robust_accuracy"] < now["accuracy"] - 0.1
+  assert "5 steps of 16/255 from a random start)" in fv.format_results(again)
 
 
 @pytest.mark.slow

@@ -64,12 +64,13 @@ def _adapt(learner: MetaLearner, meta_params, support,
 def _score_one(learner: MetaLearner, metric_fn: MetricFn,
                adapt_steps: Optional[int],
                attack: Optional[Callable]) -> Callable:
-  """`fn(meta_params, task) -> metric` of one (unbatched) task."""
-  def one(meta_params, task):
+  """`fn(meta_params, task, key) -> metric` of one (unbatched) task; `key`
+  (None or a PRNG key) goes to the attack only."""
+  def one(meta_params, task, key):
     state = _adapt(learner, meta_params, task.support, adapt_steps)
     x, y = task.query
     if attack is not None:
-      x = attack(meta_params, state, x, y)
+      x = attack(meta_params, state, x, y, key)
     return metric_fn(learner.predict(meta_params, state, x), y)
   return one
 
@@ -78,7 +79,8 @@ def task_metrics(learner: MetaLearner, metric_fn: MetricFn, *,
                  task_chunk: Union[int, str, None] = "auto",
                  adapt_steps: Optional[int] = None,
                  attack: Optional[Callable] = None) -> Callable:
-  """`fn(meta_params, tasks) -> [n_tasks]`: each task's metric after adaptation.
+  """`fn(meta_params, tasks, key=None) -> [n_tasks]`: each task's metric
+  after adaptation.
 
   Args:
     learner: the algorithm.
@@ -94,35 +96,42 @@ def task_metrics(learner: MetaLearner, metric_fn: MetricFn, *,
     adapt_steps: gradient steps of `learner.adapt` on each support set;
       None uses the learner's own number.
     attack: score each task on attacked query inputs: `attack(meta_params,
-      task_state, x, y) -> x_adv`, given the adapted state
-      (`metajax.adversarial.attack`); None scores the clean queries.
+      task_state, x, y, key) -> x_adv`, given the adapted state
+      (`metajax.adversarial.attack`); `key` is the task's own PRNG key, or
+      None when `fn` gets none. None scores the clean queries.
 
   Returns:
-    A traceable `fn(meta_params, tasks)`; `tasks` is a batched `Task` with
-    leading axis `n_tasks`, and the result has one value per task (`[n_tasks]`
-    for a scalar metric).
+    A traceable `fn(meta_params, tasks, key=None)`; `tasks` is a batched
+    `Task` with leading axis `n_tasks`, and the result has one value per task
+    (`[n_tasks]` for a scalar metric). `key` is split into one key a task for
+    the attack (a random start); the scores without an attack ignore it.
   """
   chunk = resolve_task_chunk(task_chunk)
-  batched = jax.vmap(_score_one(learner, metric_fn, adapt_steps, attack),
-                     in_axes=(None, 0))
-  if chunk is None:
-    return batched
+  one = _score_one(learner, metric_fn, adapt_steps, attack)
 
-  def chunked(meta_params, tasks):
+  def batched(meta_params, tasks, keys):
+    return jax.vmap(one, in_axes=(None, 0, None if keys is None else 0))(
+        meta_params, tasks, keys)
+
+  def scores(meta_params, tasks, key=None):
     n = tasks_lib.num_tasks(tasks)
+    keys = None if key is None else jax.random.split(key, n)
+    if chunk is None:
+      return batched(meta_params, tasks, keys)
     size = min(chunk, n)  # a chunk larger than the batch would only pad it
     n_chunks = -(-n // size)
     pad = n_chunks * size - n
     if pad:
       # Padding with real tasks (rather than zeros) keeps the filler inputs
       # valid for every learner, so it cannot raise or produce NaNs.
-      tasks = jax.tree.map(lambda x: jnp.concatenate([x, x[:pad]]), tasks)
+      tasks, keys = jax.tree.map(lambda x: jnp.concatenate([x, x[:pad]]),
+                                 (tasks, keys))
     chunks = jax.tree.map(
-        lambda x: x.reshape((n_chunks, size) + x.shape[1:]), tasks)
-    values = jax.lax.map(lambda c: batched(meta_params, c), chunks)
+        lambda x: x.reshape((n_chunks, size) + x.shape[1:]), (tasks, keys))
+    values = jax.lax.map(lambda c: batched(meta_params, *c), chunks)
     return values.reshape((n_chunks * size,) + values.shape[2:])[:n]
 
-  return chunked
+  return scores
 
 
 def _short(aval) -> str:
@@ -244,6 +253,9 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
       own number. Learners that adapt nothing by gradient take only None.
     attack: optional attack on each task's query inputs after adaptation,
       as in `task_metrics`: the scores are then robust accuracy (or loss).
+      Each task's attack gets its own key, from the batch's key (a sampler)
+      or from the batch's index (a `HostTasks` pipeline): a random start is
+      the same for every learner scored with the same key.
     progress: a label to show a progress bar over the tasks under (an
       attacked evaluation of a thousand episodes takes minutes on a CPU);
       None shows none.
@@ -268,13 +280,18 @@ def evaluate(learner: MetaLearner, meta_params: PyTree,
       raise ValueError("evaluate: a HostTasks pipeline fixes its own "
                        "batches; pass key=None.")
     return _evaluate_fed(scores, learner, meta_params, sample_tasks,
-                         metric_fn, num_tasks, adapt_steps, progress)
+                         metric_fn, num_tasks, adapt_steps, attack, progress)
   if key is None:
     raise ValueError("evaluate: a task sampler needs a PRNG key.")
   sample_tasks = tasks_lib.sampler_tree(sample_tasks)
   batch_size = _check_scoring(learner, meta_params, sample_tasks, metric_fn,
                               key, adapt_steps)
-  score = jax.jit(lambda mp, k, sampler: scores(mp, sampler(k)))
+  # The attack's random starts come from the batch's key folded apart from
+  # the sampler's draw, so the clean episodes stay those of `key`.
+  attack_key = ((lambda k: jax.random.fold_in(k, 1)) if attack is not None
+                else lambda k: None)
+  score = jax.jit(lambda mp, k, sampler: scores(mp, sampler(k),
+                                                attack_key(k)))
   values = []
   with _bar(num_tasks, progress) as bar:
     for _ in range(-(-num_tasks // batch_size)):
@@ -300,8 +317,9 @@ def _advance(bar, values, batch_size: int) -> None:
 
 
 def _evaluate_fed(scores, learner, meta_params, host_tasks, metric_fn,
-                  num_tasks, adapt_steps, progress) -> np.ndarray:
-  """`evaluate` over a `HostTasks` pipeline's batches, from step 0 on."""
+                  num_tasks, adapt_steps, attack, progress) -> np.ndarray:
+  """`evaluate` over a `HostTasks` pipeline's batches, from step 0 on; an
+  attack's random starts are drawn from each batch's index."""
   with Prefetcher(host_tasks, 0) as feed:
     example = feed.signature
     batch_size = _check_scoring(
@@ -312,8 +330,10 @@ def _evaluate_fed(scores, learner, meta_params, host_tasks, metric_fn,
     score = jax.jit(scores)
     values = []
     with _bar(num_tasks, progress) as bar:
-      for _ in range(-(-num_tasks // batch_size)):
-        values.append(score(meta_params, next(feed)))
+      for i in range(-(-num_tasks // batch_size)):
+        key = (None if attack is None
+               else jax.random.fold_in(jax.random.PRNGKey(0), i))
+        values.append(score(meta_params, next(feed), key))
         _advance(bar, values[-1], batch_size)
   return np.concatenate(jax.device_get(values)).astype(
       np.float64)[:num_tasks]

@@ -431,13 +431,18 @@ class Config(harness.RunConfig):
   aq_steps: int = field(7, "PGD steps of the training attack.")
   test_attack_steps: int = field(
       0, "Also score every test episode under a PGD attack of this many "
-      "steps on the adapted learner, from the clean queries (0: clean "
-      "accuracy only).", rerun_may_change=True)
+      "steps on the adapted learner (0: clean accuracy only).",
+      rerun_may_change=True)
   test_attack_eps: float = field(8.0, "Radius of the test attack, in pixel "
                                  "levels.", rerun_may_change=True)
   test_attack_step_size: float = field(2.0, "Step of the test attack, in "
                                        "pixel levels.",
                                        rerun_may_change=True)
+  test_attack_random_start: bool = field(
+      False, "Start the test attack from a uniform draw in its ball (as the "
+      "released adversarial-querying evaluation does) instead of the clean "
+      "queries; the draws come from --seed, alike for every learner.",
+      rerun_may_change=True)
   matching_scale: float = field(
       1.0, "Matching Networks' multiplier of the cosine similarities before "
       "the attention's softmax (1: the paper's).")
@@ -599,11 +604,13 @@ def train_attack(config: Config) -> adversarial.PGD:
 
 
 def test_attack(config: Config) -> adversarial.PGD:
-  """The `--test_attack_*` attack on test queries, checked; it starts from
-  the clean queries, so every learner meets the same attack."""
+  """The `--test_attack_*` attack on test queries, checked. Its start (the
+  clean queries, or a draw from the test key) is the same for every
+  learner scored on the same episodes."""
   return adversarial.check_pgd(adversarial.PGD(
       eps=config.test_attack_eps, steps=config.test_attack_steps,
-      step_size=config.test_attack_step_size, random_start=False))
+      step_size=config.test_attack_step_size,
+      random_start=config.test_attack_random_start))
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -753,6 +760,7 @@ def _run(config: Config, workdir: str, splits: Splits) -> Dict:
       tests[-1]["attack"] = {"robust_accuracy": robust["mean"],
                              "ci95": robust["ci95"], "eps": pgd.eps,
                              "steps": pgd.steps, "step_size": pgd.step_size,
+                             "random_start": pgd.random_start,
                              "scale": "pixel levels of 0-255"}
   title = (f"{config.algorithm} on {config.dataset} ({config.split} split), "
            f"{config.ways}-way {config.shots}-shot training")
@@ -808,7 +816,9 @@ def format_results(results: Dict) -> str:
       a = t["attack"]
       lines.append(
           f"    under PGD (eps {a['eps']:g}/255, {a['steps']} steps of "
-          f"{a['step_size']:g}/255): {100 * a['robust_accuracy']:.2f}% ± "
+          f"{a['step_size']:g}/255"
+          f"{' from a random start' if a.get('random_start') else ''}): "
+          f"{100 * a['robust_accuracy']:.2f}% ± "
           f"{100 * a['ci95']:.2f}%")
   return "\n".join(lines)
 
