@@ -7,8 +7,9 @@ pass. After the first k classes of the stream it is scored on the training
 images it has seen so far and on held-out images of the same k classes.
 This is the meta-test of Javed & White (2019) and Beaulieu et al. (2020)
 on Omniglot: classes of the evaluation alphabets, 15 training and 5
-held-out drawings each, batch size 1, the output layer reset, Adam's
-online rate picked from a grid.
+held-out drawings each, batch size 1, the output layer reset (zeroed, or
+drawn afresh as OML's released evaluation does), Adam's online rate picked
+from a grid.
 
 * `make_stream` draws the classes and splits their drawings;
 * `learn_stream` runs the online pass for a grid of rates at once (the
@@ -34,7 +35,6 @@ import optax
 
 from metajax import inner
 from metajax import types
-from metajax.algorithms.continual import reset_outputs
 from metajax.data.vision import episodes
 from metajax.data.vision.episodes import ClassDataset
 from metajax.evaluation import mean_ci
@@ -103,6 +103,55 @@ def _flat(images: np.ndarray):
           np.repeat(np.arange(k, dtype=np.int32), n))
 
 
+HEAD_INITS = ("zeros", "kaiming")
+
+
+def reset_head(params: types.Params, how: str, key: Optional[jax.Array] = None,
+               *, head: str = "head") -> types.Params:
+  """`params` with every leaf under a module named `head` started afresh.
+
+  Args:
+    params: model parameters.
+    how: "zeros" zeroes every leaf of the head (all output units);
+      "kaiming" draws each weight array (2 or more axes) from a normal of
+      variance 2 / fan-in, fan-in being the product of all axes but the
+      last (He et al. 2015, as OML's released evaluation draws its output
+      layer), and zeroes the biases.
+    key: PRNG key of the "kaiming" draw.
+    head: the output module's name.
+
+  Raises:
+    ValueError: an unknown `how`, "kaiming" without a key, or no parameter
+      path under `head`.
+  """
+  if how not in HEAD_INITS:
+    raise ValueError(f"how must be one of {HEAD_INITS}, got {how!r}.")
+  if how == "kaiming" and key is None:
+    raise ValueError("reset_head(how='kaiming') draws the head's weights "
+                     "and needs a key.")
+  mask = inner.mask_by_path(params, lambda path: head in path.split("/"))
+  if not any(jax.tree.leaves(mask)):
+    raise ValueError(f"reset_head starts afresh a module named "
+                     f"head={head!r}, but no parameter path has that "
+                     f"component.")
+  leaves, treedef = jax.tree.flatten(params)
+  keys = (jax.random.split(key, len(leaves)) if how == "kaiming"
+          else [None] * len(leaves))
+  draw = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+  def start(leaf, is_head, k):
+    if not is_head:
+      return leaf
+    if how == "zeros" or leaf.ndim < 2:
+      return jnp.zeros_like(leaf)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return draw(k, (fan_in, leaf.shape[-1]), leaf.dtype).reshape(leaf.shape)
+
+  return jax.tree.unflatten(treedef, [
+      start(leaf, m, k) for leaf, m, k in zip(
+          leaves, jax.tree.leaves(mask), keys)])
+
+
 def learn_stream(apply_fn: types.ApplyFn, loss: types.Loss,
                  params: types.Params, stream: Stream, *,
                  adapted: Callable[[str], bool], lrs: Sequence[float],
@@ -110,13 +159,15 @@ def learn_stream(apply_fn: types.ApplyFn, loss: types.Loss,
                  optimizer: Callable[[jax.Array],
                                      optax.GradientTransformation] = (
                                          optax.adam),
-                 head: str = "head", eval_batch: int = 1000,
+                 head: str = "head", head_init: str = "zeros",
+                 key: Optional[jax.Array] = None, eval_batch: int = 1000,
                  progress: Optional[Callable[[int], None]] = None
                  ) -> Dict[str, np.ndarray]:
   """One online pass over `stream` for every rate of `lrs`, scored as it goes.
 
-  The output units under `head` are zeroed first (the stream's classes are
-  new). Then, for each class of the stream in order, each of its training
+  The output layer under `head` is started afresh first (the stream's
+  classes are new): zeroed, or drawn (`reset_head`; the same draw for every
+  rate). Then, for each class of the stream in order, each of its training
   images in order takes one step of `optimizer(lr)` on the parameters that
   `adapted` selects, with the optimiser's state carried over the whole
   stream. After the k-th class, for every k in `checkpoints`, the network
@@ -136,6 +187,8 @@ def learn_stream(apply_fn: types.ApplyFn, loss: types.Loss,
       the stream's classes.
     optimizer: `optimizer(lr) -> optax.GradientTransformation`.
     head: the output module's name.
+    head_init: how the head starts, "zeros" or "kaiming" (`reset_head`).
+    key: PRNG key of a "kaiming" head.
     eval_batch: images per scoring pass.
     progress: called with the number of classes learnt after each class.
 
@@ -154,7 +207,7 @@ def learn_stream(apply_fn: types.ApplyFn, loss: types.Loss,
   if outputs < num_classes:
     raise ValueError(f"the network has {outputs} output units, fewer than "
                      f"the stream's {num_classes} classes.")
-  params = reset_outputs(params, jnp.arange(outputs), head=head)
+  params = reset_head(params, head_init, key, head=head)
   mask = inner.mask_by_path(params, adapted)
   if not any(jax.tree.leaves(mask)):
     raise ValueError("adapted selects no parameter: nothing would learn.")
@@ -223,6 +276,7 @@ def protocol(apply_fn: types.ApplyFn, loss: types.Loss,
              checkpoints: Sequence[int] = CHECKPOINTS,
              train_per_class: int = 15, test_per_class: int = 5,
              optimizer=optax.adam, head: str = "head",
+             head_init: str = "zeros",
              progress: Optional[Callable[[int], None]] = None) -> Dict:
   """The continual protocol: rate picked on some streams, scored on others.
 
@@ -234,8 +288,9 @@ def protocol(apply_fn: types.ApplyFn, loss: types.Loss,
   and on held-out images.
 
   Args:
-    apply_fn, loss, params, adapted, lrs, checkpoints, optimizer, head: as
-      in `learn_stream`.
+    apply_fn, loss, params, adapted, lrs, checkpoints, optimizer, head,
+      head_init: as in `learn_stream`; a "kaiming" head is drawn afresh for
+      every stream, from the stream's key.
     dataset: the classes streams are drawn from.
     key: PRNG key of the streams.
     runs: reported streams, >= 2.
@@ -266,6 +321,7 @@ def protocol(apply_fn: types.ApplyFn, loss: types.Loss,
     curves.append(learn_stream(
         apply_fn, loss, params, stream, adapted=adapted, lrs=lrs,
         checkpoints=checkpoints, optimizer=optimizer, head=head,
+        head_init=head_init, key=jax.random.fold_in(k, 1),
         progress=counted))
   pick = np.mean([c["train"] for c in curves[:selection_runs]], axis=0)
   chosen = np.argmax(pick, axis=0)  # [len(checkpoints)]

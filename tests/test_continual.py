@@ -74,7 +74,9 @@ def test_streams_that_cannot_be_drawn_are_named():
                           num_classes=4)
 
 
-def test_no_class_of_the_stream_is_seen_before_its_turn():
+@pytest.mark.parametrize("head_init", continual.HEAD_INITS)
+def test_no_class_of_the_stream_is_seen_before_its_turn(head_init):
+  kw = dict(head_init=head_init, key=jax.random.PRNGKey(3))
   stream = continual.make_stream(_dataset(), jax.random.PRNGKey(1),
                                  num_classes=10)
   # Classes 4.. replaced by other images: nothing learnt or scored after
@@ -85,11 +87,38 @@ def test_no_class_of_the_stream_is_seen_before_its_turn():
           0, 256, stream.train[4:].shape, np.uint8)]),
       test=np.concatenate([stream.test[:4], rng.integers(
           0, 256, stream.test[4:].shape, np.uint8)]))
-  a = _learn(stream, lrs=(0.1, 0.01), checkpoints=(2, 4, 10))
-  b = _learn(later, lrs=(0.1, 0.01), checkpoints=(2, 4, 10))
+  a = _learn(stream, lrs=(0.1, 0.01), checkpoints=(2, 4, 10), **kw)
+  b = _learn(later, lrs=(0.1, 0.01), checkpoints=(2, 4, 10), **kw)
   np.testing.assert_array_equal(a["train"][:, :2], b["train"][:, :2])
   np.testing.assert_array_equal(a["test"][:, :2], b["test"][:, :2])
   assert not np.array_equal(a["train"][:, 2], b["train"][:, 2])
+
+
+def test_the_head_starts_at_zero_or_from_a_kaiming_draw():
+  params = {"body": {"w": jnp.ones((3, 4))},
+            "head": {"kernel": jnp.ones((400, 300)), "bias": jnp.ones(300)}}
+  zeros = continual.reset_head(params, "zeros")
+  assert not np.any(zeros["head"]["kernel"]) and not np.any(
+      zeros["head"]["bias"])
+  key = jax.random.PRNGKey(0)
+  drawn = continual.reset_head(params, "kaiming", key)
+  for reset in (zeros, drawn):
+    np.testing.assert_array_equal(reset["body"]["w"], params["body"]["w"])
+  kernel = np.asarray(drawn["head"]["kernel"])
+  assert not np.any(drawn["head"]["bias"])
+  # Variance 2 / fan-in, fan-in 400: a standard deviation of 0.0707.
+  assert abs(kernel.std() - np.sqrt(2 / 400)) < 0.002
+  assert abs(kernel.mean()) < 0.001
+  np.testing.assert_array_equal(
+      continual.reset_head(params, "kaiming", key)["head"]["kernel"], kernel)
+  assert not np.array_equal(continual.reset_head(
+      params, "kaiming", jax.random.PRNGKey(1))["head"]["kernel"], kernel)
+  with pytest.raises(ValueError, match="needs a key"):
+    continual.reset_head(params, "kaiming")
+  with pytest.raises(ValueError, match="how must be one of"):
+    continual.reset_head(params, "ones")
+  with pytest.raises(ValueError, match="head='out', but no parameter path"):
+    continual.reset_head(params, "zeros", head="out")
 
 
 def test_the_online_learner_learns_the_stream_and_forgets_at_a_high_rate():

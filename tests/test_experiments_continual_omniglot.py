@@ -6,6 +6,7 @@ import os
 import pytest
 
 from metajax.experiments import continual_omniglot as co
+from metajax.experiments import harness
 
 
 def _config(data_dir, cache, **kw):
@@ -37,6 +38,14 @@ def test_a_run_trains_streams_and_writes_its_results(
   table = co.compare([workdir], str(tmp_path / "all.png"))
   assert table.splitlines()[0].startswith("| method | images | 3 | 6 |")
   assert os.path.exists(tmp_path / "all.png")
+  # The streams again from a drawn output layer: the same network (no
+  # training), other scores, the setting recorded.
+  again = co.train_and_evaluate(
+      _config(shared_data_dir, omniglot_cache, method=method,
+              stream_head="kaiming"), workdir)
+  assert again["steps"] == results["steps"]
+  assert again["stream"]["per_lr"] != stream["per_lr"]
+  assert harness.read_config(co.Config, workdir).stream_head == "kaiming"
 
 
 def test_bad_settings_are_refused_before_any_work(shared_data_dir,

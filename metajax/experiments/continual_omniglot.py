@@ -91,6 +91,11 @@ class Config(harness.RunConfig):
   online: str = field("default", "Parameters that learn on the stream: "
                       "'default' (pln; for anml all but nm) or 'all'.",
                       choices=("default", "all"), rerun_may_change=True)
+  stream_head: str = field(
+      "zeros", "How the output layer starts each stream: 'zeros', or "
+      "'kaiming' (weights drawn with variance 2 / fan-in, biases zero, as "
+      "OML's released evaluation script does).",
+      choices=continual.HEAD_INITS, rerun_may_change=True)
   online_optimizer: str = field("adam", "Optimiser of the stream, at each "
                                 "rate of --online_lrs.",
                                 choices=tuple(ONLINE_OPTIMIZERS),
@@ -225,6 +230,7 @@ def _run(config: Config, workdir: str, splits) -> Dict:
       train_per_class=config.train_per_class,
       test_per_class=config.test_per_class,
       optimizer=ONLINE_OPTIMIZERS[config.online_optimizer],
+      head_init=config.stream_head,
       progress=None if bar is None else
       lambda n: bar.update(n - bar.n))
   if bar is not None:
