@@ -35,6 +35,7 @@ import optax
 
 from metajax import inner
 from metajax import types
+from metajax.algorithms.continual import head_mask
 from metajax.data.vision import episodes
 from metajax.data.vision.episodes import ClassDataset
 from metajax.evaluation import mean_ci
@@ -129,11 +130,7 @@ def reset_head(params: types.Params, how: str, key: Optional[jax.Array] = None,
   if how == "kaiming" and key is None:
     raise ValueError("reset_head(how='kaiming') draws the head's weights "
                      "and needs a key.")
-  mask = inner.mask_by_path(params, lambda path: head in path.split("/"))
-  if not any(jax.tree.leaves(mask)):
-    raise ValueError(f"reset_head starts afresh a module named "
-                     f"head={head!r}, but no parameter path has that "
-                     f"component.")
+  mask = head_mask(params, head, "reset_head starts afresh")
   leaves, treedef = jax.tree.flatten(params)
   keys = (jax.random.split(key, len(leaves)) if how == "kaiming"
           else [None] * len(leaves))

@@ -37,6 +37,21 @@ from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.maml import maml
 
 
+def head_mask(params: types.Params, head: str, what: str):
+  """Bools shaped like `params`: True on the leaves under a module named
+  `head`.
+
+  Raises:
+    ValueError: no parameter path has that component; the message starts
+      with `what` (the caller and what it does to the head).
+  """
+  mask = inner.mask_by_path(params, lambda path: head in path.split("/"))
+  if not any(jax.tree.leaves(mask)):
+    raise ValueError(f"{what} a module named head={head!r}, but no parameter "
+                     f"path has that component.")
+  return mask
+
+
 def reset_outputs(params: types.Params, labels: jax.Array, *,
                   head: str = "head") -> types.Params:
   """`params` with the output units of the classes in `labels` zeroed.
@@ -54,11 +69,7 @@ def reset_outputs(params: types.Params, labels: jax.Array, *,
   Raises:
     ValueError: no parameter path has a component named `head`.
   """
-  mask = inner.mask_by_path(params, lambda path: head in path.split("/"))
-  if not any(jax.tree.leaves(mask)):
-    raise ValueError(f"reset_outputs zeroes the units of a module named "
-                     f"head={head!r}, but no parameter path has that "
-                     f"component.")
+  mask = head_mask(params, head, "reset_outputs zeroes the units of")
 
   def reset(leaf, is_head):
     if not is_head:
