@@ -285,9 +285,10 @@ def protocol(apply_fn: types.ApplyFn, loss: types.Loss,
   and on held-out images.
 
   Args:
-    apply_fn, loss, params, adapted, lrs, checkpoints, optimizer, head,
-      head_init: as in `learn_stream`; a "kaiming" head is drawn afresh for
-      every stream, from the stream's key.
+    apply_fn, loss, params, adapted, lrs, checkpoints, optimizer: as in
+      `learn_stream`.
+    head, head_init: as in `learn_stream`; a "kaiming" head is drawn afresh
+      for every stream, from the stream's key.
     dataset: the classes streams are drawn from.
     key: PRNG key of the streams.
     runs: reported streams, >= 2.
