@@ -817,7 +817,7 @@ def format_results(results: Dict) -> str:
       lines.append(
           f"    under PGD (eps {a['eps']:g}/255, {a['steps']} steps of "
           f"{a['step_size']:g}/255"
-          f"{' from a random start' if a.get('random_start') else ''}): "
+          f"{' from a random start' if a['random_start'] else ''}): "
           f"{100 * a['robust_accuracy']:.2f}% ± "
           f"{100 * a['ci95']:.2f}%")
   return "\n".join(lines)
