@@ -17,7 +17,9 @@ Everything in the MAML family is an option of the one loop written here:
   descent (momentum, Adam, clipping, chains of them), its state carried
   through the scan and differentiated through exactly like the parameters;
   `hyperparams` overrides the numbers an `optax.inject_hyperparams`
-  optimiser holds in its state, so the outer loop can learn them;
+  optimiser holds in its state, so the outer loop can learn them, and
+  `optimizer_state` starts it from a given state (moments carried over
+  from earlier tasks) instead of a fresh one;
 * `has_aux=True`: `loss_fn` returns `(loss, aux)`, and the aux of every step
   comes back stacked (metrics, or model state such as batch statistics);
 * `model_state`: state that `loss_fn(params, batch, state)` updates and the
@@ -45,6 +47,7 @@ import numpy as np
 import optax
 
 from metajax import tasks as tasks_lib
+from metajax import types
 from metajax.types import Params
 from metajax.types import PyTree
 
@@ -548,16 +551,22 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
          hyperparams: Optional[dict], first_order: bool,
          mask: Optional[PyTree], per_step_lr: bool, remat: bool,
          query_every_step: bool, has_aux: bool,
-         model_state: Optional[PyTree] = None, online: bool = False):
+         model_state: Optional[PyTree] = None, online: bool = False,
+         optimizer_state: Optional[PyTree] = None):
   """Runs the inner loop.
 
   Returns:
     `(adapted params, model state after the last step (None without
     model_state), query losses per step or None, support aux per step or
-    None, query aux per step or None)`.
+    None, query aux per step or None, the optimizer's state after the last
+    step (None without optimizer))`.
   """
   steps = check_steps(steps)
   check_optimizer(optimizer, lr, per_step_lr, hyperparams)
+  if optimizer_state is not None and optimizer is None:
+    raise ValueError("optimizer_state is an optax optimizer's state, but "
+                     "the inner loop takes gradient descent steps (lr=...), "
+                     "which have none; give optimizer=... as well.")
   batches = online_batches(support, steps) if online else None
   check_scalar_loss(loss_fn, params, support if batches is None else
                     jax.tree.map(lambda b: b[0], batches), has_aux,
@@ -602,6 +611,7 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
     (adapted, model_state), ys = scan(
         sgd_step, (adapted, model_state),
         (lrs if per_step_lr else None, batches), length=steps)
+    state = None
   else:
     def optax_step(carry, batch):
       a, state, m = carry
@@ -610,12 +620,26 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
       a = optax.apply_updates(a, updates)
       return (a, state, m), outputs(a, m, aux)
 
-    state = _with_hyperparams(optimizer.init(adapted), hyperparams)
-    (adapted, _, model_state), ys = scan(
+    if optimizer_state is None:
+      optimizer_state = optimizer.init(adapted)
+    else:
+      _check_state_like(optimizer_state, optimizer.init(adapted))
+    state = _with_hyperparams(optimizer_state, hyperparams)
+    (adapted, state, model_state), ys = scan(
         optax_step, (adapted, state, model_state), batches, length=steps)
   q_losses, support_aux, query_aux = ys
   return (combine(adapted, frozen), model_state, q_losses, support_aux,
-          query_aux)
+          query_aux, state)
+
+
+def _check_state_like(given: PyTree, fresh: PyTree) -> None:
+  """Raises a ValueError unless `given` has the structure, shapes and dtypes
+  of `fresh`, the optimizer's state of the adapted parameters."""
+  mismatch = types.tree_mismatch(given, fresh)
+  if mismatch is not None:
+    where, has, wanted = mismatch
+    raise ValueError(f"optimizer_state{where} has {has}, but the optimizer's "
+                     f"state of the adapted parameters has {wanted}.")
 
 
 def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
@@ -624,7 +648,8 @@ def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
           hyperparams: Optional[dict] = None, first_order: bool = False,
           mask: Optional[PyTree] = None, per_step_lr: bool = False,
           remat: bool = False, has_aux: bool = False,
-          model_state: Optional[PyTree] = None, online: bool = False):
+          model_state: Optional[PyTree] = None, online: bool = False,
+          optimizer_state: Optional[PyTree] = None):
   """Adapts `params` to `batch` with `steps` steps of an inner optimiser.
 
   Gradient descent, `theta_{t+1} = theta_t - lr_t * grad(loss_fn)(theta_t,
@@ -675,22 +700,33 @@ def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
       consecutive slices of `batch` (`online_batches`) rather than on all
       of it: one pass over a stream, e.g. one example per step when
       `steps` is the number of examples. `steps` must divide that number.
+    optimizer_state: with `optimizer`, the state its first step starts
+      from instead of `optimizer.init` of the adapted parameters (whose
+      structure, shapes and dtypes it must have), e.g. moments carried over
+      from earlier tasks as Reptile's released code does; `adapt` then
+      returns the state after the last step as well.
 
   Returns:
     The adapted parameters, a PyTree with the structure and dtypes of
     `params`; with `model_state`, `(adapted, final_state)`; with
-    `has_aux`, the support set's aux at every step comes last, leaves
-    `[steps, ...]` (step t's aux is computed at the parameters before step
-    t's update): `(adapted, aux)` or `(adapted, final_state, aux)`.
+    `optimizer_state`, the optimizer's state after the last step follows
+    (`(adapted, optimizer_state)` or `(adapted, final_state,
+    optimizer_state)`); with `has_aux`, the support set's aux at every step
+    comes last, leaves `[steps, ...]` (step t's aux is computed at the
+    parameters before step t's update): e.g. `(adapted, aux)` or
+    `(adapted, final_state, aux)`.
   """
-  adapted, final_state, _, support_aux, _ = _run(
+  adapted, final_state, _, support_aux, _, opt_state = _run(
       loss_fn, params, batch, None, steps=steps, lr=lr, optimizer=optimizer,
       hyperparams=hyperparams, first_order=first_order, mask=mask,
       per_step_lr=per_step_lr, remat=remat, query_every_step=False,
-      has_aux=has_aux, model_state=model_state, online=online)
+      has_aux=has_aux, model_state=model_state, online=online,
+      optimizer_state=optimizer_state)
   result = (adapted,)
   if model_state is not None:
     result += (final_state,)
+  if optimizer_state is not None:
+    result += (opt_state,)
   if has_aux:
     result += (support_aux,)
   return result if len(result) > 1 else adapted
@@ -754,7 +790,7 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
       mask=mask, per_step_lr=per_step_lr, remat=remat, has_aux=has_aux,
       model_state=model_state, online=online)
   if step_weights is None:
-    adapted, final_state, _, support_aux, _ = run(query_every_step=False)
+    adapted, final_state, _, support_aux, _, _ = run(query_every_step=False)
     if model_state is None:
       out = loss_fn(adapted, task.query)
       loss, query_aux = out if has_aux else (out, None)
@@ -764,7 +800,7 @@ def maml_loss(loss_fn: LossFn, params: PyTree, task: tasks_lib.Task, *,
   else:
     check_step_weights(step_weights, steps)
     weights = jnp.asarray(step_weights)
-    adapted, final_state, q_losses, support_aux, query_aux = run(
+    adapted, final_state, q_losses, support_aux, query_aux, _ = run(
         query_every_step=True)
     loss = jnp.sum(weights.astype(q_losses.dtype) * q_losses)
   result = (loss,)

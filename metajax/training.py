@@ -155,7 +155,11 @@ def make_train_step(learner: MetaLearner,
     updates, opt_state = optimizer.update(grads, state.opt_state,
                                           state.meta_params)
     meta_params = optax.apply_updates(state.meta_params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    # Integer leaves are counts a learner carries (Reptile's inner step
+    # count), not gradients.
+    metrics = dict(metrics, grad_norm=optax.tree.norm(
+        [g for g in jax.tree.leaves(grads)
+         if jnp.issubdtype(g.dtype, jnp.inexact)]))
     # A diverging run can keep finite gradients whose norm overflows, or
     # finite gradients that a large rate turns into infinite parameters:
     # every part of the step is checked, and which failed is reported.

@@ -11,6 +11,8 @@ functions of a `metajax.algorithms.MetaLearner`, as optax's
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 if TYPE_CHECKING:
   # tasks.py imports this module, so `Task` is named for type checkers only.
@@ -111,3 +113,27 @@ class PredictFn(Protocol):
       Float outputs `[n_query, ...]`: the model's predictions, or
       `[n_query, ways]` scores of classes for metric-based learners.
     """
+
+
+def tree_mismatch(given: PyTree,
+                  wanted: PyTree) -> Optional[Tuple[str, str, str]]:
+  """The first difference in structure, shape or dtype between two PyTrees.
+
+  Values are not compared, so traced leaves pass.
+
+  Returns:
+    None where they agree; otherwise `(where, given's, wanted's)`: `where`
+    is "" and the two are "structure ..." when the structures differ, or
+    the first differing leaf's path (`jax.tree_util.keystr`, e.g.
+    "['body']['w']") and the two are "shape ... and dtype ...".
+  """
+  if jax.tree.structure(given) != jax.tree.structure(wanted):
+    return ("", f"structure {jax.tree.structure(given)}",
+            f"structure {jax.tree.structure(wanted)}")
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(given),
+                          jax.tree.leaves(wanted)):
+    kinds = [(np.shape(x), jnp.result_type(x)) for x in (g, w)]
+    if kinds[0] != kinds[1]:
+      return (jax.tree_util.keystr(path),
+              *(f"shape {shape} and dtype {dtype}" for shape, dtype in kinds))
+  return None

@@ -173,6 +173,70 @@ def test_an_optax_inner_optimizer_takes_the_steps():
       metajax.adapt(loss_fn, params, support, steps=5, optimizer=adam))
 
 
+def test_a_carried_inner_state_starts_every_task_and_becomes_their_mean():
+  adam = optax.adam(0.05, b1=0.0)
+  learner = _learner(steps=3, inner_optimizer=adam, carry_inner_state=True)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  params = meta_params["params"]
+  chex.assert_trees_all_equal(meta_params["inner_state"], adam.init(params))
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 4)
+  # A state as training leaves it: moments and a count of earlier steps.
+  _, carried = metajax.adapt(loss_fn, params, _per_task(tasks)[0].support,
+                             steps=2, optimizer=adam,
+                             optimizer_state=adam.init(params))
+  meta_params = dict(meta_params, inner_state=carried)
+  grads, _ = jax.jit(learner.meta_grad)(meta_params, tasks, None)
+  runs = [metajax.adapt(loss_fn, params, metajax.merge_sets(t), steps=3,
+                        optimizer=adam, optimizer_state=carried)
+          for t in _per_task(tasks)]
+  mean_of = lambda trees: jax.tree.map(lambda *x: sum(x) / len(x), *trees)
+  chex.assert_trees_all_close(
+      grads["params"],
+      jax.tree.map(lambda p, a: p - a, params, mean_of([a for a, _ in runs])),
+      rtol=1e-5, atol=1e-6)
+  finals = mean_of([s for _, s in runs])
+  count = grads["inner_state"][0].count
+  assert count.dtype == jnp.int32 and int(count) == -3
+  chex.assert_trees_all_close(
+      grads["inner_state"][0].nu,
+      jax.tree.map(lambda c, f: c - f, carried[0].nu, finals[0].nu),
+      rtol=1e-5, atol=1e-12)
+  # carry_state trains the parameters with the optimiser given and sets the
+  # state to the tasks' mean final state, whatever that optimiser's rate.
+  outer = algorithms.reptile_lib.carry_state(optax.sgd(0.5))
+  updates, _ = outer.update(grads, outer.init(meta_params), meta_params)
+  stepped = optax.apply_updates(meta_params, updates)
+  chex.assert_trees_all_close(
+      stepped["params"],
+      jax.tree.map(lambda p, g: p - 0.5 * g, params, grads["params"]))
+  assert int(stepped["inner_state"][0].count) == 5
+  chex.assert_trees_all_close(stepped["inner_state"][0].nu, finals[0].nu,
+                              rtol=1e-5, atol=1e-12)
+  # adapt starts from the carried state too.
+  support = _per_task(tasks)[1].support
+  chex.assert_trees_all_close(
+      learner.adapt(meta_params, support, steps=4),
+      metajax.adapt(loss_fn, params, support, steps=4, optimizer=adam,
+                    optimizer_state=carried)[0])
+  # A task at a time, the same pseudo-gradient, the count still an integer.
+  chunked, _ = jax.jit(algorithms.map_tasks(learner, 1).meta_grad)(
+      meta_params, tasks, jax.random.PRNGKey(0))
+  chex.assert_trees_all_close(chunked, grads, rtol=1e-5, atol=1e-7)
+
+
+def test_a_carried_state_moves_on_every_meta_step_of_training():
+  adam = optax.adam(0.05, b1=0.0)
+  learner = _learner(steps=3, inner_optimizer=adam, carry_inner_state=True)
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 2)
+  metrics, initial, final = meta_train(
+      learner, tasks, algorithms.reptile_lib.carry_state(optax.sgd(1.0)), 4)
+  assert int(initial["inner_state"][0].count) == 0
+  assert int(final["inner_state"][0].count) == 12
+  assert float(jnp.min(jax.tree.leaves(final["inner_state"][0].nu)[0])) > 0
+  # Training still works: the meta-parameters' loss on the tasks falls.
+  assert metrics["loss"][-1] < 0.2 * metrics["loss"][0]
+
+
 def test_bad_minibatch_and_optimizer_settings_are_rejected():
   tasks = tiny_tasks(jax.random.PRNGKey(1), 2)
   learner = _learner(steps=5, minibatches=True)
@@ -185,6 +249,9 @@ def test_bad_minibatch_and_optimizer_settings_are_rejected():
     _learner(steps=0, minibatches=True)
   with pytest.raises(ValueError):
     _learner(lr=0.1, inner_optimizer=optax.adam(0.1))
+  with pytest.raises(ValueError, match="carry_inner_state carries the inner "
+                     "optimizer's state .* give inner_optimizer"):
+    _learner(lr=0.1, carry_inner_state=True)
 
 
 def test_bad_step_counts_are_rejected():

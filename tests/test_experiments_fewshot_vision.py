@@ -221,13 +221,10 @@ def test_killed_run_resumes_to_the_parameters_of_an_uninterrupted_run(
     assert json.load(f1)["test"] == json.load(f2)["test"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("pipeline", ["numpy", "tf"])
-def test_host_built_episodes_train_and_resume_exactly(tmp_path, data,
-                                                      pipeline):
-  config = _config(*data, pipeline=pipeline, val_episodes=0, test_ways=(5,),
-                   eval_episodes=10, num_steps=6, log_every=3,
-                   checkpoint_every=3)
+def _check_exact_resume(config, tmp_path):
+  """Trains `config` (6 steps) in two runs of 3 and in one; returns the
+  state of the first after checking both reach the same parameters and
+  test scores."""
   part = str(tmp_path / "part")
   fv.train_and_evaluate(dataclasses.replace(config, num_steps=3), part)
   resumed = fv.train_and_evaluate(config, part)
@@ -236,6 +233,17 @@ def test_host_built_episodes_train_and_resume_exactly(tmp_path, data,
   a, b = _restore_state(part, config), _restore_state(full, config)
   assert int(a.step) == 6
   chex.assert_trees_all_equal(a.meta_params, b.meta_params)
+  return a
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", ["numpy", "tf"])
+def test_host_built_episodes_train_and_resume_exactly(tmp_path, data,
+                                                      pipeline):
+  config = _config(*data, pipeline=pipeline, val_episodes=0, test_ways=(5,),
+                   eval_episodes=10, num_steps=6, log_every=3,
+                   checkpoint_every=3)
+  _check_exact_resume(config, tmp_path)
 
 
 def test_bad_configurations_are_named(shared_data_dir, omniglot_cache,
@@ -315,6 +323,8 @@ def test_episodes_that_cannot_be_drawn_are_refused_before_training(
     ("inner_minibatches", True, "inner_minibatches is for "
      "--algorithm=reptile, not protonet"),
     ("lr_anneal_steps", -1, "lr_anneal_steps must be >= 0"),
+    ("carry_inner_state", True, r"carry_inner_state carries reptile's inner "
+     r"optimiser's state; it needs --algorithm=reptile \(got protonet\)"),
     ("hallucinate", -1, "hallucinate must be >= 0"),
     ("matching_scale", 0.0, "matching_scale must be finite and > 0"),
 ])
@@ -335,6 +345,23 @@ def test_reptile_minibatches_must_split_the_episode_evenly():
   with pytest.raises(ValueError, match="two schedules of the outer rate"):
     dataclasses.replace(config, lr_halve_every=10,
                         lr_anneal_steps=10).validate()
+  with pytest.raises(ValueError, match=r"an --inner_optimizer with a state "
+                     r"\(got sgd\)"):
+    dataclasses.replace(config, carry_inner_state=True).validate()
+
+
+@pytest.mark.slow
+def test_reptile_with_a_carried_inner_state_trains_and_resumes_exactly(
+    tmp_path, data):
+  config = _config(*data, algorithm="reptile", query=1, test_ways=(5,),
+                   inner_steps=2, inner_lr=0.01, inner_optimizer="adam_b1_0",
+                   inner_minibatches=True, carry_inner_state=True,
+                   outer_optimizer="sgd", outer_lr=1.0, lr_anneal_steps=6,
+                   meta_batch_size=2, val_episodes=0, eval_episodes=10,
+                   num_steps=6, log_every=3, checkpoint_every=3)
+  a = _check_exact_resume(config, tmp_path)
+  # Six meta-steps of two inner steps each.
+  assert int(a.meta_params["inner_state"][0].count) == 12
 
 
 def test_the_outer_rate_anneals_linearly_to_zero():

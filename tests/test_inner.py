@@ -608,6 +608,44 @@ def test_bad_optimizer_options_are_named():
         hyperparams={"lr": 0.1})
 
 
+def test_a_given_optimizer_state_continues_where_it_left_off(x64):
+  """Five Adam steps in one call equal two, then three more from the state
+  the first two left: the state carries the moments and the step count."""
+  params, task = _setup()
+  params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+  adam = optax.adam(0.05, b1=0.0)
+  run = functools.partial(metajax.adapt, tiny_loss, batch=task.support,
+                          optimizer=adam)
+  once = run(params, steps=5)
+  first, state = run(params, steps=2, optimizer_state=adam.init(params))
+  assert int(state[0].count) == 2
+  second, state = run(first, steps=3, optimizer_state=state)
+  chex.assert_trees_all_close(second, once, rtol=1e-12)
+  assert int(state[0].count) == 5
+  # A carried state is not a fresh one: the same three steps from the
+  # start differ.
+  fresh = run(first, steps=3)
+  assert not np.allclose(fresh["head"]["w"], second["head"]["w"])
+
+
+def test_a_bad_optimizer_state_is_named():
+  params, task = _setup()
+  run = functools.partial(metajax.adapt, tiny_loss, params, task.support,
+                          steps=1)
+  adam = optax.adam(0.1)
+  with pytest.raises(ValueError, match="optimizer_state is an optax "
+                     "optimizer's state, but the inner loop takes gradient "
+                     "descent steps"):
+    run(lr=0.1, optimizer_state=adam.init(params))
+  with pytest.raises(ValueError, match="optimizer_state has structure"):
+    run(optimizer=adam, optimizer_state=optax.sgd(0.1, momentum=0.9).init(
+        params))
+  wide = jax.tree.map(lambda p: jnp.zeros((2,) + p.shape, p.dtype), params)
+  with pytest.raises(ValueError, match=r"optimizer_state\[0\]\.mu\['body'\]"
+                     r"\['b'\] has shape \(2, "):
+    run(optimizer=adam, optimizer_state=adam.init(wide))
+
+
 # Auxiliary outputs of the loss.
 
 def _loss_with_aux(params, batch):

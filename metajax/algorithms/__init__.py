@@ -4,6 +4,7 @@ from metajax.algorithms import bobcat as bobcat_lib
 from metajax.algorithms import continual
 from metajax.algorithms import neural_process
 from metajax.algorithms import pretrain as pretrain_lib
+from metajax.algorithms import reptile as reptile_lib
 from metajax.algorithms import wrappers
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.base import accuracy

@@ -20,6 +20,16 @@ differentiated through the inner loop, so the cost of a meta-step is that of
 With one inner step, `theta - phi_i = lr * grad L_i(theta)`: the
 pseudo-gradient is `lr` times the joint-training gradient. Only from two steps
 on does Reptile differ from joint training (section 5 of the paper).
+
+The released code also keeps its inner Adam's moments from one task to the
+next, and fine-tunes at test from the moments training left. With
+`carry_inner_state`, the inner optimiser's state is a meta-parameter of its
+own, "inner_state": every task of a batch starts from it, and it is replaced
+by the mean of the tasks' final states. A `vmap` over the batch cannot pass
+the state from task to task within it as the released loop does, so the
+state moves on once per meta-step, by the batch's mean. It is not trained by
+gradient: `carry_state(optimizer)` is the outer optimiser that trains
+"params" with `optimizer` and sets "inner_state" to that mean.
 """
 
 from typing import Callable, Optional
@@ -41,6 +51,7 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
             lr: Optional[float] = None,
             inner_optimizer: Optional[optax.GradientTransformation] = None,
             minibatches: bool = False,
+            carry_inner_state: bool = False,
             metrics: Optional[types.MetricsFn] = None,
             pool: Callable[[tasks_lib.Task], types.Examples] = (
                 tasks_lib.merge_sets)) -> MetaLearner:
@@ -58,16 +69,21 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
       (None: 0.01); give it or `inner_optimizer`, not both.
     inner_optimizer: an optax `GradientTransformation` for the inner loop
       (e.g. `optax.adam(1e-3, b1=0.0)`, the released runs' Adam without
-      momentum), its state fresh for every task and every `adapt`. The
-      released code instead carries Adam's moments from task to task; a
-      fresh state keeps each task's adaptation a function of that task
-      alone, as it is at test time.
+      momentum), its state fresh for every task and every `adapt` unless
+      `carry_inner_state`. A fresh state keeps each task's adaptation a
+      function of that task alone.
     minibatches: in meta-training, inner step t takes its gradient on the
       t-th of `steps` equal slices of the task's pooled data, after a
       shuffle drawn from `meta_grad`'s key for each task (the paper's
       minibatch inner loop, one pass over the data); `steps` must divide
       the pooled set's size. `adapt` still uses the whole support set at
       every step, as the paper does at test time.
+    carry_inner_state: keep `inner_optimizer`'s state in the
+      meta-parameters ("inner_state", `inner_optimizer.init` of the model's
+      parameters at first): training tasks and `adapt` start from it, and
+      `meta_grad` returns "inner_state" minus the mean of the batch's final
+      states in its place, for `carry_state` to apply. Needs
+      `inner_optimizer`.
     metrics: optional `metrics(predictions, targets) -> dict of scalars`
       (e.g. `classification_metrics`), reported by `meta_grad` for the query
       set after `adapt` on the support set, as evaluation scores a task. This
@@ -77,8 +93,9 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
       `metajax.data.students.sequences.pool_sets` for sequences.
 
   Returns:
-    A `MetaLearner` whose meta-parameters are `{"params": params}` and whose
-    task state is the fine-tuned parameters; `adapt(meta_params, support, *,
+    A `MetaLearner` whose meta-parameters are `{"params": params}` (and
+    "inner_state" with `carry_inner_state`) and whose task state is the
+    fine-tuned parameters; `adapt(meta_params, support, *,
     steps=None)` takes `steps` steps (a Python int; None: the builder's
     `steps`). `meta_grad`'s metrics are "loss", the mean loss of the
     meta-parameters on each task's pooled data, "adapted_loss", the same
@@ -88,20 +105,35 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
   if minibatches and steps < 1:
     raise ValueError("minibatches splits the data among the inner steps, so "
                      f"it needs steps >= 1; got steps={steps}.")
+  if carry_inner_state and inner_optimizer is None:
+    raise ValueError("carry_inner_state carries the inner optimizer's state "
+                     "from task to task; gradient descent (lr=...) has none: "
+                     "give inner_optimizer=....")
   lr = inner.inner_rate(lr, inner_optimizer)
   step_options = dict(lr=lr, optimizer=inner_optimizer)
   loss_fn = supervised_loss(apply_fn, loss)
 
   def init(key):
-    return {"params": init_fn(key)}
+    params = init_fn(key)
+    if carry_inner_state:
+      return {"params": params, "inner_state": inner_optimizer.init(params)}
+    return {"params": params}
+
+  def run_inner(meta_params, batch, **options):
+    """`(adapted, final inner state or None)` from the meta-parameters."""
+    if not carry_inner_state:
+      return inner.adapt(loss_fn, meta_params["params"], batch, **options,
+                         **step_options), None
+    return inner.adapt(loss_fn, meta_params["params"], batch, **options,
+                       optimizer_state=meta_params["inner_state"],
+                       **step_options)
 
   default_steps = steps  # `adapt`'s own option shadows the name.
 
   def adapt(meta_params, support, *, steps=None):
-    return inner.adapt(
-        loss_fn, meta_params["params"], support,
-        steps=default_steps if steps is None else inner.check_steps(steps),
-        **step_options)
+    return run_inner(
+        meta_params, support,
+        steps=default_steps if steps is None else inner.check_steps(steps))[0]
 
   def shuffled(data, key):
     order = jax.random.permutation(key, jax.tree.leaves(data)[0].shape[0])
@@ -120,20 +152,54 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     def one_task(task, task_key):
       data = pool(task)
       batch = shuffled(data, task_key) if minibatches else data
-      adapted = inner.adapt(loss_fn, params, batch, steps=steps,
-                            online=minibatches, **step_options)
+      adapted, final_state = run_inner(meta_params, batch, steps=steps,
+                                       online=minibatches)
       values = {"loss": loss_fn(params, data),
                 "adapted_loss": loss_fn(adapted, data)}
       if metrics is not None:
         x, y = task.query
         values.update(metrics(apply_fn(adapt(meta_params, task.support), x),
                               y))
-      return adapted, values
+      return (adapted, final_state), values
 
     # vmap keeps each task's batch statistics to itself, as in MAML.
-    adapted, values = jax.vmap(one_task)(tasks, keys)
-    pseudo_grad = jax.tree.map(lambda p, a: p - jnp.mean(a, axis=0), params,
-                               adapted)
-    return {"params": pseudo_grad}, jax.tree.map(jnp.mean, values)
+    (adapted, final_states), values = jax.vmap(one_task)(tasks, keys)
+    grads = {"params": _minus_mean(params, adapted)}
+    if carry_inner_state:
+      grads["inner_state"] = _minus_mean(meta_params["inner_state"],
+                                         final_states)
+    return grads, jax.tree.map(jnp.mean, values)
 
   return MetaLearner(init, meta_grad, adapt, apply_adapted(apply_fn))
+
+
+def _minus_mean(start, finals):
+  """`start - mean(finals over their leading task axis)`, in `start`'s
+  dtypes: a step count that every task advanced alike stays an integer."""
+  return jax.tree.map(
+      lambda s, f: s - jnp.mean(f, axis=0).astype(jnp.result_type(s)),
+      start, finals)
+
+
+def carry_state(optimizer: optax.GradientTransformation
+                ) -> optax.GradientTransformation:
+  """The outer optimiser of a `reptile(..., carry_inner_state=True)` learner.
+
+  `optimizer` trains "params" on their pseudo-gradient; "inner_state",
+  whose pseudo-gradient is its value minus the batch's mean final state,
+  is set to that mean (an update of minus the pseudo-gradient), whatever
+  `optimizer`'s rate.
+
+  Args:
+    optimizer: the optax optimiser of the model's parameters, e.g.
+      `optax.sgd(1.0)`, the paper's meta-step.
+
+  Returns:
+    An optax `GradientTransformation` of the whole meta-parameters.
+  """
+  def labels(meta_params):
+    return {name: jax.tree.map(
+        lambda _: "carried" if name == "inner_state" else "trained", value)
+            for name, value in meta_params.items()}
+  return optax.multi_transform(
+      {"trained": optimizer, "carried": optax.scale(-1.0)}, labels)

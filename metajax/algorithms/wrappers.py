@@ -12,7 +12,6 @@ from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from metajax import tasks as tasks_lib
 from metajax import types
@@ -63,9 +62,13 @@ def map_tasks(learner: MetaLearner, chunk: int) -> MetaLearner:
     chunks = jax.tree.map(
         lambda x: x.reshape((n // chunk, chunk) + x.shape[1:]), tasks)
     keys = jax.random.split(key, n // chunk)
-    per_chunk = jax.lax.map(
+    grads, metrics = jax.lax.map(
         lambda args: learner.meta_grad(meta_params, *args), (chunks, keys))
-    return jax.tree.map(lambda x: jnp.mean(x, axis=0), per_chunk)
+    mean = lambda x: jnp.mean(x, axis=0)
+    # An integer pseudo-gradient (a step count every task advanced alike)
+    # stays an integer.
+    return (jax.tree.map(lambda g: mean(g).astype(g.dtype), grads),
+            jax.tree.map(mean, metrics))
 
   return learner._replace(meta_grad=meta_grad)
 
@@ -75,20 +78,15 @@ def _check_like(start: types.Params, fresh: types.Params) -> None:
 
   Structure, shapes and dtypes are compared, so traced values pass.
   """
-  if jax.tree.structure(start) != jax.tree.structure(fresh):
-    raise ValueError(
-        f"starting_from: the model parameters given have structure "
-        f"{jax.tree.structure(start)}, but the learner's have "
-        f"{jax.tree.structure(fresh)}.")
-  for (path, s), f in zip(jax.tree_util.tree_leaves_with_path(start),
-                          jax.tree.leaves(fresh)):
-    given = (np.shape(s), jnp.result_type(s))
-    wanted = (np.shape(f), jnp.result_type(f))
-    if given != wanted:
-      raise ValueError(
-          f"starting_from: params{jax.tree_util.keystr(path)} has shape "
-          f"{given[0]} and dtype {given[1]}, but the learner's has shape "
-          f"{wanted[0]} and dtype {wanted[1]}.")
+  mismatch = types.tree_mismatch(start, fresh)
+  if mismatch is None:
+    return
+  where, given, wanted = mismatch
+  if not where:
+    raise ValueError(f"starting_from: the model parameters given have "
+                     f"{given}, but the learner's have {wanted}.")
+  raise ValueError(f"starting_from: params{where} has {given}, but the "
+                   f"learner's has {wanted}.")
 
 
 def starting_from(learner: MetaLearner,

@@ -191,6 +191,8 @@ def _classifier(build):
           config.inner_optimizer](config.inner_lr))
     if config.inner_minibatches:
       options.update(minibatches=True)
+    if config.carry_inner_state:
+      options.update(carry_inner_state=True)
     if build is algorithms.imaml:
       options.update(reg=config.imaml_reg, cg_steps=config.cg_steps,
                      damping=config.imaml_damping)
@@ -386,6 +388,12 @@ class Config(harness.RunConfig):
       "only the t-th of --inner_steps equal slices of the shuffled episode "
       "(support and query pooled), as in the paper's released runs; "
       "--inner_steps must divide the episode's ways * (shots + query).")
+  carry_inner_state: bool = field(
+      False, "With --algorithm=reptile and an --inner_optimizer other than "
+      "sgd: keep the inner optimiser's state (Adam's moments) from one "
+      "meta-step to the next, and fine-tune at test from it, as the paper's "
+      "released code does; each meta-step's tasks start from the state and "
+      "it becomes the mean of their final states.")
   imaml_reg: float = field(2.0, "iMAML's proximal strength lambda.")
   cg_steps: int = field(5, "iMAML's conjugate-gradient iterations per "
                         "meta-gradient.")
@@ -519,6 +527,12 @@ class Config(harness.RunConfig):
             f"images (ways {self.ways} * (shots {self.shots} + query "
             f"{self.query})) into inner_steps={self.inner_steps} equal "
             f"minibatches; inner_steps must divide {pooled}.")
+    if self.carry_inner_state and (self.algorithm != "reptile" or
+                                   self.inner_optimizer == "sgd"):
+      raise ValueError(
+          f"carry_inner_state carries reptile's inner optimiser's state; "
+          f"it needs --algorithm=reptile (got {self.algorithm}) and an "
+          f"--inner_optimizer with a state (got {self.inner_optimizer}).")
     if self.lr_halve_every and self.lr_anneal_steps:
       raise ValueError(
           f"lr_halve_every={self.lr_halve_every} and lr_anneal_steps="
@@ -615,7 +629,9 @@ def test_attack(config: Config) -> adversarial.PGD:
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
   """`outer_optimizer` at `outer_lr`: halved every `lr_halve_every` steps,
-  or annealed linearly to 0 over `lr_anneal_steps`, when either is > 0."""
+  or annealed linearly to 0 over `lr_anneal_steps`, when either is > 0.
+  With `carry_inner_state`, it trains the model's parameters and the
+  carried inner state is set by `reptile_lib.carry_state`."""
   rate = config.outer_lr
   if config.lr_halve_every:
     rate = optax.exponential_decay(config.outer_lr, config.lr_halve_every,
@@ -623,7 +639,10 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
   elif config.lr_anneal_steps:
     rate = optax.linear_schedule(config.outer_lr, 0.0,
                                  config.lr_anneal_steps)
-  return OUTER_OPTIMIZERS[config.outer_optimizer](rate)
+  optimizer = OUTER_OPTIMIZERS[config.outer_optimizer](rate)
+  if config.carry_inner_state:
+    return algorithms.reptile_lib.carry_state(optimizer)
+  return optimizer
 
 
 def task_chunk(config: Config):
