@@ -620,26 +620,21 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
       a = optax.apply_updates(a, updates)
       return (a, state, m), outputs(a, m, aux)
 
-    if optimizer_state is None:
-      optimizer_state = optimizer.init(adapted)
-    else:
-      _check_state_like(optimizer_state, optimizer.init(adapted))
-    state = _with_hyperparams(optimizer_state, hyperparams)
+    fresh = optimizer.init(adapted)
+    mismatch = (None if optimizer_state is None else
+                types.tree_mismatch(optimizer_state, fresh))
+    if mismatch is not None:
+      where, given, wanted = mismatch
+      raise ValueError(f"optimizer_state{where} has {given}, but the "
+                       f"optimizer's state of the adapted parameters has "
+                       f"{wanted}.")
+    state = _with_hyperparams(
+        fresh if optimizer_state is None else optimizer_state, hyperparams)
     (adapted, state, model_state), ys = scan(
         optax_step, (adapted, state, model_state), batches, length=steps)
   q_losses, support_aux, query_aux = ys
   return (combine(adapted, frozen), model_state, q_losses, support_aux,
           query_aux, state)
-
-
-def _check_state_like(given: PyTree, fresh: PyTree) -> None:
-  """Raises a ValueError unless `given` has the structure, shapes and dtypes
-  of `fresh`, the optimizer's state of the adapted parameters."""
-  mismatch = types.tree_mismatch(given, fresh)
-  if mismatch is not None:
-    where, has, wanted = mismatch
-    raise ValueError(f"optimizer_state{where} has {has}, but the optimizer's "
-                     f"state of the adapted parameters has {wanted}.")
 
 
 def adapt(loss_fn: LossFn, params: PyTree, batch: PyTree, *, steps: int,
