@@ -621,15 +621,14 @@ def _run(loss_fn: LossFn, params: PyTree, support: PyTree,
       return (a, state, m), outputs(a, m, aux)
 
     fresh = optimizer.init(adapted)
-    mismatch = (None if optimizer_state is None else
-                types.tree_mismatch(optimizer_state, fresh))
-    if mismatch is not None:
+    if optimizer_state is None:
+      optimizer_state = fresh
+    elif mismatch := types.tree_mismatch(optimizer_state, fresh):
       where, given, wanted = mismatch
       raise ValueError(f"optimizer_state{where} has {given}, but the "
                        f"optimizer's state of the adapted parameters has "
                        f"{wanted}.")
-    state = _with_hyperparams(
-        fresh if optimizer_state is None else optimizer_state, hyperparams)
+    state = _with_hyperparams(optimizer_state, hyperparams)
     (adapted, state, model_state), ys = scan(
         optax_step, (adapted, state, model_state), batches, length=steps)
   q_losses, support_aux, query_aux = ys

@@ -121,12 +121,10 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
 
   def run_inner(meta_params, batch, **options):
     """`(adapted, final inner state or None)` from the meta-parameters."""
-    if not carry_inner_state:
-      return inner.adapt(loss_fn, meta_params["params"], batch, **options,
-                         **step_options), None
-    return inner.adapt(loss_fn, meta_params["params"], batch, **options,
-                       optimizer_state=meta_params["inner_state"],
-                       **step_options)
+    out = inner.adapt(loss_fn, meta_params["params"], batch,
+                      optimizer_state=meta_params.get("inner_state"),
+                      **options, **step_options)
+    return out if carry_inner_state else (out, None)
 
   default_steps = steps  # `adapt`'s own option shadows the name.
 
