@@ -237,6 +237,54 @@ def test_a_carried_state_moves_on_every_meta_step_of_training():
   assert metrics["loss"][-1] < 0.2 * metrics["loss"][0]
 
 
+@pytest.mark.parametrize("minibatches", [False, True])
+def test_sequential_tasks_pass_the_state_from_task_to_task(x64, minibatches):
+  adam = optax.adam(0.05, b1=0.0)
+  build = lambda **kw: reptile(
+      lambda k: tiny_mlp_params(k, jnp.float64), tiny_mlp, mse, steps=3,
+      inner_optimizer=adam, minibatches=minibatches, carry_inner_state=True,
+      **kw)
+  learner = build(sequential_tasks=True)
+  meta_params = learner.init(jax.random.PRNGKey(0))
+  params = meta_params["params"]
+  tasks = tiny_tasks(jax.random.PRNGKey(1), 3, jnp.float64)
+  key = jax.random.PRNGKey(2)
+  grads, _ = jax.jit(learner.meta_grad)(meta_params, tasks, key)
+  # The released loop: task after task, each from the state the last left,
+  # each minibatched task shuffled by its own key as in the vmapped order.
+  state, adapted = meta_params["inner_state"], []
+  for task, task_key in zip(_per_task(tasks), jax.random.split(key, 3)):
+    data = metajax.merge_sets(task)
+    if minibatches:
+      data = jax.tree.map(
+          lambda x, k=task_key: x[jax.random.permutation(k, x.shape[0])],
+          data)
+    phi, state = metajax.adapt(loss_fn, params, data, steps=3,
+                               optimizer=adam, optimizer_state=state,
+                               online=minibatches)
+    adapted.append(phi)
+  chex.assert_trees_all_close(
+      grads["params"],
+      jax.tree.map(lambda p, *a: p - sum(a) / 3, params, *adapted),
+      rtol=1e-10, atol=1e-12)
+  assert int(grads["inner_state"][0].count) == -9  # 3 tasks of 3 steps.
+  chex.assert_trees_all_close(
+      grads["inner_state"][0].nu,
+      jax.tree.map(lambda s, f: s - f, meta_params["inner_state"][0].nu,
+                   state[0].nu), rtol=1e-10, atol=1e-14)
+  # The order matters: the batch-mean state is another pseudo-gradient.
+  mean_grads, _ = jax.jit(build().meta_grad)(meta_params, tasks, key)
+  assert not np.allclose(jax.tree.leaves(mean_grads["params"])[0],
+                         jax.tree.leaves(grads["params"])[0])
+  # carry_state moves the state on to the last task's.
+  outer = algorithms.reptile_lib.carry_state(optax.sgd(1.0))
+  updates, _ = outer.update(grads, outer.init(meta_params), meta_params)
+  stepped = optax.apply_updates(meta_params, updates)
+  assert int(stepped["inner_state"][0].count) == 9
+  chex.assert_trees_all_close(stepped["inner_state"][0].nu, state[0].nu,
+                              rtol=1e-10, atol=1e-14)
+
+
 def test_bad_minibatch_and_optimizer_settings_are_rejected():
   tasks = tiny_tasks(jax.random.PRNGKey(1), 2)
   learner = _learner(steps=5, minibatches=True)
@@ -252,6 +300,9 @@ def test_bad_minibatch_and_optimizer_settings_are_rejected():
   with pytest.raises(ValueError, match="carry_inner_state carries the inner "
                      "optimizer's state .* give inner_optimizer"):
     _learner(lr=0.1, carry_inner_state=True)
+  with pytest.raises(ValueError, match="sequential_tasks .* needs "
+                     "carry_inner_state=True"):
+    _learner(inner_optimizer=optax.adam(0.1), sequential_tasks=True)
 
 
 def test_bad_step_counts_are_rejected():

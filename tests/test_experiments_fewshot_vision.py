@@ -348,20 +348,31 @@ def test_reptile_minibatches_must_split_the_episode_evenly():
   with pytest.raises(ValueError, match=r"an --inner_optimizer with a state "
                      r"\(got sgd\)"):
     dataclasses.replace(config, carry_inner_state=True).validate()
+  with pytest.raises(ValueError, match="it needs --carry_inner_state"):
+    dataclasses.replace(config, sequential_tasks=True).validate()
+  carried = dataclasses.replace(config, inner_optimizer="adam_b1_0",
+                                carry_inner_state=True, sequential_tasks=True)
+  carried.validate()
+  with pytest.raises(ValueError, match="cannot be split over devices"):
+    dataclasses.replace(carried, shard_tasks=True).validate()
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sequential_tasks", [False, True])
 def test_reptile_with_a_carried_inner_state_trains_and_resumes_exactly(
-    tmp_path, data):
+    tmp_path, data, sequential_tasks):
   config = _config(*data, algorithm="reptile", query=1, test_ways=(5,),
                    inner_steps=2, inner_lr=0.01, inner_optimizer="adam_b1_0",
                    inner_minibatches=True, carry_inner_state=True,
+                   sequential_tasks=sequential_tasks,
                    outer_optimizer="sgd", outer_lr=1.0, lr_anneal_steps=6,
                    meta_batch_size=2, val_episodes=0, eval_episodes=10,
                    num_steps=6, log_every=3, checkpoint_every=3)
   a = _check_exact_resume(config, tmp_path)
-  # Six meta-steps of two inner steps each.
-  assert int(a.meta_params["inner_state"][0].count) == 12
+  # Six meta-steps of two inner steps, for one task's state after another
+  # when sequential, for each task from the same state otherwise.
+  assert int(a.meta_params["inner_state"][0].count) == (
+      24 if sequential_tasks else 12)
 
 
 def test_the_outer_rate_anneals_linearly_to_zero():

@@ -24,14 +24,17 @@ on does Reptile differ from joint training (section 5 of the paper).
 The released code also keeps its inner Adam's moments from one task to the
 next, and fine-tunes at test from the moments training left. With
 `carry_inner_state`, the inner optimiser's state is a meta-parameter of its
-own, "inner_state": every task of a batch starts from it, and it is replaced
-by the mean of the tasks' final states. A `vmap` over the batch cannot pass
-the state from task to task within it as the released loop does, so the
-state moves on once per meta-step, by the batch's mean. It is not trained by
-gradient: `carry_state(optimizer)` is the outer optimiser that trains
-"params" with `optimizer` and sets "inner_state" to that mean.
+own, "inner_state". By default every task of a batch starts from it, and it
+is replaced by the mean of the tasks' final states: the tasks stay
+independent, so they can be vmapped, chunked or sharded. With
+`sequential_tasks`, the batch's tasks run one after another and each starts
+from the state the one before it left, as in the released loop; the state
+then moves on to the last task's. Either way it is not trained by gradient:
+`carry_state(optimizer)` is the outer optimiser that trains "params" with
+`optimizer` and sets "inner_state" to the new state.
 """
 
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -52,6 +55,7 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
             inner_optimizer: Optional[optax.GradientTransformation] = None,
             minibatches: bool = False,
             carry_inner_state: bool = False,
+            sequential_tasks: bool = False,
             metrics: Optional[types.MetricsFn] = None,
             pool: Callable[[tasks_lib.Task], types.Examples] = (
                 tasks_lib.merge_sets)) -> MetaLearner:
@@ -84,6 +88,13 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
       `meta_grad` returns "inner_state" minus the mean of the batch's final
       states in its place, for `carry_state` to apply. Needs
       `inner_optimizer`.
+    sequential_tasks: with `carry_inner_state`, run the batch's inner loops
+      one after another (a `lax.scan`), each from the state the previous
+      task's left, and return "inner_state" minus the last task's final
+      state: the released code's order. The state's step count then
+      advances by `steps` times the batch size per meta-step. Its
+      meta-gradient is not a mean over independent tasks, so train it with
+      the whole batch in one call (no `task_chunk`, no mesh).
     metrics: optional `metrics(predictions, targets) -> dict of scalars`
       (e.g. `classification_metrics`), reported by `meta_grad` for the query
       set after `adapt` on the support set, as evaluation scores a task. This
@@ -109,6 +120,9 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     raise ValueError("carry_inner_state carries the inner optimizer's state "
                      "from task to task; gradient descent (lr=...) has none: "
                      "give inner_optimizer=....")
+  if sequential_tasks and not carry_inner_state:
+    raise ValueError("sequential_tasks passes the inner optimizer's state "
+                     "from task to task; it needs carry_inner_state=True.")
   lr = inner.inner_rate(lr, inner_optimizer)
   step_options = dict(lr=lr, optimizer=inner_optimizer)
   loss_fn = supervised_loss(apply_fn, loss)
@@ -147,7 +161,7 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
     else:
       keys = None  # Nothing is random: the whole task is every step's batch.
 
-    def one_task(task, task_key):
+    def one_task(meta_params, task, task_key):
       data = pool(task)
       batch = shuffled(data, task_key) if minibatches else data
       adapted, final_state = run_inner(meta_params, batch, steps=steps,
@@ -160,8 +174,18 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
                               y))
       return (adapted, final_state), values
 
-    # vmap keeps each task's batch statistics to itself, as in MAML.
-    (adapted, final_states), values = jax.vmap(one_task)(tasks, keys)
+    # vmap and scan keep each task's batch statistics to itself, as in MAML.
+    if sequential_tasks:
+      def next_task(state, task_and_key):
+        (adapted, final_state), values = one_task(
+            dict(meta_params, inner_state=state), *task_and_key)
+        return final_state, (adapted, values)
+      last_state, (adapted, values) = jax.lax.scan(
+          next_task, meta_params["inner_state"], (tasks, keys))
+      final_states = jax.tree.map(lambda x: x[None], last_state)
+    else:
+      (adapted, final_states), values = jax.vmap(
+          functools.partial(one_task, meta_params))(tasks, keys)
     grads = {"params": _minus_mean(params, adapted)}
     if carry_inner_state:
       grads["inner_state"] = _minus_mean(meta_params["inner_state"],

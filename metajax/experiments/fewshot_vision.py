@@ -192,7 +192,8 @@ def _classifier(build):
     if config.inner_minibatches:
       options.update(minibatches=True)
     if config.carry_inner_state:
-      options.update(carry_inner_state=True)
+      options.update(carry_inner_state=True,
+                     sequential_tasks=config.sequential_tasks)
     if build is algorithms.imaml:
       options.update(reg=config.imaml_reg, cg_steps=config.cg_steps,
                      damping=config.imaml_damping)
@@ -394,6 +395,12 @@ class Config(harness.RunConfig):
       "meta-step to the next, and fine-tune at test from it, as the paper's "
       "released code does; each meta-step's tasks start from the state and "
       "it becomes the mean of their final states.")
+  sequential_tasks: bool = field(
+      False, "With --carry_inner_state: run each meta-step's tasks one "
+      "after another, each from the inner state the one before it left, "
+      "as the released code does (the state moves on to the last task's); "
+      "training then takes its tasks one at a time whatever --task_chunk, "
+      "and cannot --shard_tasks.")
   imaml_reg: float = field(2.0, "iMAML's proximal strength lambda.")
   cg_steps: int = field(5, "iMAML's conjugate-gradient iterations per "
                         "meta-gradient.")
@@ -533,6 +540,13 @@ class Config(harness.RunConfig):
           f"carry_inner_state carries reptile's inner optimiser's state; "
           f"it needs --algorithm=reptile (got {self.algorithm}) and an "
           f"--inner_optimizer with a state (got {self.inner_optimizer}).")
+    if self.sequential_tasks and not self.carry_inner_state:
+      raise ValueError("sequential_tasks passes the carried inner state from "
+                       "task to task; it needs --carry_inner_state.")
+    if self.sequential_tasks and self.shard_tasks:
+      raise ValueError("sequential_tasks runs a meta-step's tasks one after "
+                       "another, so they cannot be split over devices: drop "
+                       "--shard_tasks.")
     if self.lr_halve_every and self.lr_anneal_steps:
       raise ValueError(
           f"lr_halve_every={self.lr_halve_every} and lr_anneal_steps="
@@ -759,7 +773,9 @@ def _run(config: Config, workdir: str, splits: Splits) -> Dict:
       config, make(config.ways), make_optimizer(config),
       sampler, key=train_key, num_steps=config.num_steps, workdir=workdir,
       desc=config.algorithm, eval_fn=eval_fn, eval_every=config.eval_every,
-      task_chunk=task_chunk(config))
+      # The sequential learner's scan already takes one task at a time;
+      # chunks would each restart from the same inner state.
+      task_chunk=None if config.sequential_tasks else task_chunk(config))
 
   tests = []
   for ways in config.test_ways:
