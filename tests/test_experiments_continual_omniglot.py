@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -40,12 +41,28 @@ def test_a_run_trains_streams_and_writes_its_results(
   assert os.path.exists(tmp_path / "all.png")
   # The streams again from a drawn output layer: the same network (no
   # training), other scores, the setting recorded.
+  zeros = str(tmp_path / "zeros")
+  shutil.copytree(workdir, zeros)
   again = co.train_and_evaluate(
       _config(shared_data_dir, omniglot_cache, method=method,
               stream_head="kaiming"), workdir)
   assert again["steps"] == results["steps"]
   assert again["stream"]["per_lr"] != stream["per_lr"]
   assert harness.read_config(co.Config, workdir).stream_head == "kaiming"
+  # Two runs of one method get a row each, named by their steps and, as
+  # those agree here, by their workdirs.
+  rows = co.compare([zeros, workdir], str(tmp_path / "two.png")).splitlines()
+  assert [r.split(" | ")[0] for r in rows[2:4]] == [
+      f"| {method}, 4 steps", f"| {method}, 4 steps ({method})"]
+  assert rows[2] != rows[3]
+  with open(os.path.join(zeros, "results.json")) as f:
+    other = json.load(f)
+  other["stream"]["checkpoints"] = [3]
+  with open(os.path.join(zeros, "results.json"), "w") as f:
+    json.dump(other, f)
+  with pytest.raises(ValueError, match=r"zeros was scored after \[3\] "
+                     r"classes, .* after \[3, 6\]"):
+    co.compare([workdir, zeros], str(tmp_path / "bad.png"))
 
 
 def test_bad_settings_are_refused_before_any_work(shared_data_dir,

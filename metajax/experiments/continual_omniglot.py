@@ -284,14 +284,35 @@ def format_results(results: Dict) -> str:
 
 def compare(workdirs: Sequence[str], path: str) -> str:
   """Draws finished runs into one figure at `path`; returns their markdown
-  table (held-out accuracy at every checkpoint, then learnt-from)."""
-  runs = {}
+  table (held-out accuracy at every checkpoint, then learnt-from).
+
+  Each run is labelled by its method; runs of one method are told apart by
+  their training steps, and by their workdirs' names where those agree.
+
+  Raises:
+    ValueError: the runs were scored after different class counts; nothing
+      is drawn then.
+  """
+  loaded = []
   for workdir in workdirs:
     with open(os.path.join(workdir, "results.json")) as f:
-      results = json.load(f)
-    runs[results["method"]] = results
+      loaded.append((workdir, json.load(f)))
+  methods = [results["method"] for _, results in loaded]
+  checkpoints = loaded[0][1]["stream"]["checkpoints"]
+  runs = {}
+  for workdir, results in loaded:
+    if results["stream"]["checkpoints"] != checkpoints:
+      raise ValueError(
+          f"{workdir} was scored after {results['stream']['checkpoints']} "
+          f"classes, {loaded[0][0]} after {checkpoints}: one table needs "
+          f"the same --checkpoints.")
+    name = results["method"]
+    if methods.count(name) > 1:
+      name += f", {results['steps']:,} steps"
+    if name in runs:
+      name += f" ({os.path.basename(os.path.normpath(workdir))})"
+    runs[name] = results
   _plot(path, runs)
-  checkpoints = next(iter(runs.values()))["stream"]["checkpoints"]
   lines = ["| method | images | " + " | ".join(map(str, checkpoints)) +
            " |", "| --- | --- |" + " --- |" * len(checkpoints)]
   for split, label in (("test", "held out"), ("train", "learnt from")):
