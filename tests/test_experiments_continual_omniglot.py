@@ -53,7 +53,7 @@ def test_a_run_trains_streams_and_writes_its_results(
   # those agree here, by their workdirs.
   rows = co.compare([zeros, workdir], str(tmp_path / "two.png")).splitlines()
   assert [r.split(" | ")[0] for r in rows[2:4]] == [
-      f"| {method}, 4 steps", f"| {method}, 4 steps ({method})"]
+      f"| {method}, 4 steps", f"| {method}, 4 steps ({workdir})"]
   assert rows[2] != rows[3]
   with open(os.path.join(zeros, "results.json")) as f:
     other = json.load(f)

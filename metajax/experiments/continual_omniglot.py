@@ -287,7 +287,7 @@ def compare(workdirs: Sequence[str], path: str) -> str:
   table (held-out accuracy at every checkpoint, then learnt-from).
 
   Each run is labelled by its method; runs of one method are told apart by
-  their training steps, and by their workdirs' names where those agree.
+  their training steps, and by their workdirs where those agree.
 
   Raises:
     ValueError: the runs were scored after different class counts; nothing
@@ -310,7 +310,7 @@ def compare(workdirs: Sequence[str], path: str) -> str:
     if methods.count(name) > 1:
       name += f", {results['steps']:,} steps"
     if name in runs:
-      name += f" ({os.path.basename(os.path.normpath(workdir))})"
+      name += f" ({workdir})"
     runs[name] = results
   _plot(path, runs)
   lines = ["| method | images | " + " | ".join(map(str, checkpoints)) +
