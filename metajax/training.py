@@ -119,8 +119,9 @@ def make_train_step(learner: MetaLearner,
       (`metajax.sharding.replicate`). None runs on one device.
     task_chunk: compute each meta-gradient this many tasks at a time
       (`metajax.algorithms.map_tasks`), "auto" (one task at a time on the
-      CPU, the whole batch vmapped elsewhere; `resolve_task_chunk`), or None
-      to vmap the whole batch. Not combined with a `mesh`.
+      CPU, the whole batch vmapped elsewhere; `resolve_task_chunk`; always
+      the whole batch for a learner whose `tasks_independent` is False), or
+      None to vmap the whole batch. Not combined with a `mesh`.
     fed: the tasks are given rather than sampled: `step_fn`'s second
       argument is a `Task` whose leaves are stacked `[num_steps, n_tasks,
       ...]`, one batch per step (`metajax.host_tasks`).
@@ -135,6 +136,8 @@ def make_train_step(learner: MetaLearner,
     marking real steps.
   """
   chunk = resolve_task_chunk(task_chunk)
+  if task_chunk == "auto" and not learner.tasks_independent:
+    chunk = None
   if chunk is not None:
     if mesh is not None:
       raise ValueError(

@@ -276,6 +276,11 @@ def test_sequential_tasks_pass_the_state_from_task_to_task(x64, minibatches):
   mean_grads, _ = jax.jit(build().meta_grad)(meta_params, tasks, key)
   assert not np.allclose(jax.tree.leaves(mean_grads["params"])[0],
                          jax.tree.leaves(grads["params"])[0])
+  # So the batch may not be cut into chunks, whose mean would be another
+  # pseudo-gradient again.
+  assert build().tasks_independent and not learner.tasks_independent
+  with pytest.raises(ValueError, match="tasks_independent=False"):
+    algorithms.map_tasks(learner, 1)
   # carry_state moves the state on to the last task's.
   outer = algorithms.reptile_lib.carry_state(optax.sgd(1.0))
   updates, _ = outer.update(grads, outer.init(meta_params), meta_params)

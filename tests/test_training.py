@@ -125,6 +125,24 @@ def test_task_chunk_errors():
     _train(None, 1, task_chunk=2, mesh=metajax.task_mesh())
 
 
+def test_a_learner_of_dependent_tasks_is_trained_on_whole_batches():
+  """Reptile's sequential_tasks: "auto" keeps the batch whole, a chunk size
+  is refused, since a chunk's tasks would start from another state."""
+  learner = algorithms.reptile(
+      lambda k: MODEL.init(k, jnp.zeros((1, 1))), MODEL.apply, algorithms.mse,
+      steps=2, inner_optimizer=optax.adam(0.01), carry_inner_state=True,
+      sequential_tasks=True)
+  train = lambda chunk: metajax.train(
+      learner, algorithms.reptile_lib.carry_state(optax.sgd(1.0)), SAMPLER,
+      key=jax.random.PRNGKey(0), num_steps=3, log_every=3, progress=False,
+      task_chunk=chunk)
+  whole = train(None)
+  chex.assert_trees_all_equal(train("auto").meta_params, whole.meta_params)
+  assert int(whole.meta_params["inner_state"][0].count) == 3 * 2 * 4
+  with pytest.raises(ValueError, match="tasks_independent=False"):
+    train(1)
+
+
 def test_compile_time_is_printed_with_the_progress_bar(capsys):
   metajax.train(_learner(), optax.adam(1e-2), SAMPLER,
                 key=jax.random.PRNGKey(0), num_steps=2, log_every=1,

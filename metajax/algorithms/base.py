@@ -37,11 +37,16 @@ class MetaLearner(NamedTuple):
       gradient steps.
     predict: `predict(meta_params, task_state, inputs) -> outputs` for one task;
       `inputs` are the query inputs (the first element of a `(x, y)` set).
+    tasks_independent: whether `meta_grad` is a mean of terms that each
+      depend on one task alone, so that a batch may be cut into chunks whose
+      results are averaged (`map_tasks`). False where a task's term depends
+      on the tasks before it in the batch (Reptile's `sequential_tasks`).
   """
   init: types.InitFn
   meta_grad: types.MetaGradFn
   adapt: types.AdaptFn
   predict: types.PredictFn
+  tasks_independent: bool = True
 
 
 def model_params(meta_params: types.MetaParams) -> types.Params:

@@ -93,8 +93,9 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
       task's left, and return "inner_state" minus the last task's final
       state: the released code's order. The state's step count then
       advances by `steps` times the batch size per meta-step. Its
-      meta-gradient is not a mean over independent tasks, so train it with
-      the whole batch in one call (no `task_chunk`, no mesh).
+      meta-gradient is not a mean over independent tasks: the learner's
+      `tasks_independent` is False, so `map_tasks` refuses it and
+      `train(task_chunk="auto")` keeps the batch whole.
     metrics: optional `metrics(predictions, targets) -> dict of scalars`
       (e.g. `classification_metrics`), reported by `meta_grad` for the query
       set after `adapt` on the support set, as evaluation scores a task. This
@@ -192,7 +193,8 @@ def reptile(init_fn: types.ModelInitFn, apply_fn: types.ApplyFn,
                                          final_states)
     return grads, jax.tree.map(jnp.mean, values)
 
-  return MetaLearner(init, meta_grad, adapt, apply_adapted(apply_fn))
+  return MetaLearner(init, meta_grad, adapt, apply_adapted(apply_fn),
+                     tasks_independent=not sequential_tasks)
 
 
 def _minus_mean(start, finals):

@@ -49,9 +49,19 @@ def map_tasks(learner: MetaLearner, chunk: int) -> MetaLearner:
   float summation order, with the working set of one chunk (see
   `resolve_task_chunk`). Each chunk's `meta_grad` gets its own key, split
   from the step's key. `adapt` and `predict` are unchanged.
+
+  Raises a ValueError for a learner whose `tasks_independent` is False: its
+  chunks' mean would be another meta-gradient.
   """
   if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
     raise ValueError(f"chunk must be an int >= 1, got {chunk!r}.")
+  if not learner.tasks_independent:
+    raise ValueError(
+        "map_tasks: this learner's tasks depend on the ones before them in "
+        "the batch (tasks_independent=False, e.g. reptile's "
+        "sequential_tasks), so chunks of the batch would give another "
+        "meta-gradient; train it with the whole batch at once "
+        "(task_chunk=None).")
 
   def meta_grad(meta_params, tasks, key):
     n = tasks_lib.num_tasks(tasks)
