@@ -51,10 +51,15 @@ def test_a_run_trains_streams_and_writes_its_results(
   assert harness.read_config(co.Config, workdir).stream_head == "kaiming"
   # Two runs of one method get a row each, named by their steps and, as
   # those agree here, by their workdirs.
-  rows = co.compare([zeros, workdir], str(tmp_path / "two.png")).splitlines()
+  tables = co.compare([zeros, workdir], str(tmp_path / "two.png"))
+  rows = tables.splitlines()
   assert [r.split(" | ")[0] for r in rows[2:4]] == [
       f"| {method}, 4 steps", f"| {method}, 4 steps ({workdir})"]
   assert rows[2] != rows[3]
+  # Then each run's accuracy at every rate, named alike.
+  assert tables.split("\n\n")[1:] == [
+      co.rate_table(f"{method}, 4 steps", results),
+      co.rate_table(f"{method}, 4 steps ({workdir})", again)]
   with open(os.path.join(zeros, "results.json")) as f:
     other = json.load(f)
   other["stream"]["checkpoints"] = [3]
@@ -63,6 +68,18 @@ def test_a_run_trains_streams_and_writes_its_results(
   with pytest.raises(ValueError, match=r"zeros was scored after \[3\] "
                      r"classes, .* after \[3, 6\]"):
     co.compare([workdir, zeros], str(tmp_path / "bad.png"))
+
+
+def test_the_rate_table_bolds_the_rate_picked_at_each_checkpoint():
+  results = {"stream": {"checkpoints": [10, 50], "lrs": [0.03, 1e-5],
+                        "selected_lr": [1e-5, 0.03],
+                        "per_lr": {"test": [[0.5, 0.25], [0.125, 0.0625]],
+                                   "train": [[1.0, 1.0], [1.0, 1.0]]}}}
+  assert co.rate_table("oml, 4 steps", results).splitlines() == [
+      "| oml, 4 steps, rate | 10 | 50 |",
+      "| --- | --- | --- |",
+      "| 3e-02 | 50.0 | **25.0** |",
+      "| 1e-05 | **12.5** | 6.2 |"]
 
 
 def test_bad_settings_are_refused_before_any_work(shared_data_dir,

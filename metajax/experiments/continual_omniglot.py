@@ -29,7 +29,7 @@ parameter learn.
   metrics.jsonl, checkpoints/   meta-training (not for scratch)
 
 `compare(workdirs, path)` draws several finished runs into one figure and
-returns their table.
+returns their table, and each run's accuracy at every online rate.
 """
 
 import dataclasses
@@ -282,9 +282,28 @@ def format_results(results: Dict) -> str:
   return "\n".join(lines)
 
 
+def rate_table(name: str, results: Dict) -> str:
+  """A run's held-out accuracy (%) at every online rate, as markdown.
+
+  One row per rate of the grid, one column per checkpoint: the mean over
+  the reported streams ("per_lr"), in bold at the rate the selection
+  streams picked.
+  """
+  stream = results["stream"]
+  lines = [f"| {name}, rate | " + " | ".join(map(str, stream["checkpoints"]))
+           + " |", "| --- |" + " --- |" * len(stream["checkpoints"])]
+  for lr, row in zip(stream["lrs"], stream["per_lr"]["test"]):
+    cells = [f"{100 * acc:.1f}" for acc in row]
+    cells = [f"**{cell}**" if picked == lr else cell
+             for cell, picked in zip(cells, stream["selected_lr"])]
+    lines.append(f"| {lr:.0e} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def compare(workdirs: Sequence[str], path: str) -> str:
   """Draws finished runs into one figure at `path`; returns their markdown
-  table (held-out accuracy at every checkpoint, then learnt-from).
+  table (held-out accuracy at every checkpoint, then learnt-from), then
+  each run's `rate_table`.
 
   Each run is labelled by its method; runs of one method are told apart by
   their training steps, and by their workdirs where those agree.
@@ -320,7 +339,8 @@ def compare(workdirs: Sequence[str], path: str) -> str:
       lines.append(f"| {name} | {label} | " + " | ".join(
           f"{100 * r['mean']:.1f} ± {100 * r['ci95']:.1f}"
           for r in results["stream"][split]) + " |")
-  return "\n".join(lines)
+  return "\n\n".join(["\n".join(lines)] + [
+      rate_table(name, results) for name, results in runs.items()])
 
 
 EXPERIMENT = harness.Experiment(
