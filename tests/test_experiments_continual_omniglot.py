@@ -50,16 +50,22 @@ def test_a_run_trains_streams_and_writes_its_results(
   assert again["stream"]["per_lr"] != stream["per_lr"]
   assert harness.read_config(co.Config, workdir).stream_head == "kaiming"
   # Two runs of one method get a row each, named by their steps and, as
-  # those agree here, by their workdirs.
+  # those agree here, by the stream setting that differs.
   tables = co.compare([zeros, workdir], str(tmp_path / "two.png"))
   rows = tables.splitlines()
-  assert [r.split(" | ")[0] for r in rows[2:4]] == [
-      f"| {method}, 4 steps", f"| {method}, 4 steps ({workdir})"]
+  names = [f"{method}, 4 steps, --stream_head=zeros",
+           f"{method}, 4 steps, --stream_head=kaiming"]
+  assert [r.split(" | ")[0] for r in rows[2:4]] == [f"| {n}" for n in names]
   assert rows[2] != rows[3]
   # Then each run's accuracy at every rate, named alike.
   assert tables.split("\n\n")[1:] == [
-      co.rate_table(f"{method}, 4 steps", results),
-      co.rate_table(f"{method}, 4 steps ({workdir})", again)]
+      co.rate_table(names[0], results), co.rate_table(names[1], again)]
+  # Where the stream settings agree too, the workdir tells them apart.
+  twin = str(tmp_path / "twin")
+  shutil.copytree(workdir, twin)
+  rows = co.compare([workdir, twin], str(tmp_path / "twins.png")).splitlines()
+  assert [r.split(" | ")[0] for r in rows[2:4]] == [
+      f"| {method}, 4 steps", f"| {method}, 4 steps ({twin})"]
   with open(os.path.join(zeros, "results.json")) as f:
     other = json.load(f)
   other["stream"]["checkpoints"] = [3]

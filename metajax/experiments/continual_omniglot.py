@@ -59,6 +59,9 @@ _DEFAULT_ONLINE = {"oml": continual_algorithms.under("pln"),
                    "pretrain": continual_algorithms.under("pln"),
                    "scratch": continual_algorithms.under("pln")}
 ONLINE_OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
+# The stream settings that name a run in `compare` beside its method and
+# steps, where runs differ in them.
+STREAM_LABELS = ("online", "online_optimizer", "stream_head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +309,8 @@ def compare(workdirs: Sequence[str], path: str) -> str:
   each run's `rate_table`.
 
   Each run is labelled by its method; runs of one method are told apart by
-  their training steps, and by their workdirs where those agree.
+  their training steps, then by the stream settings that differ between
+  them (`STREAM_LABELS`, as flags), and by their workdirs where all agree.
 
   Raises:
     ValueError: the runs were scored after different class counts; nothing
@@ -318,7 +322,7 @@ def compare(workdirs: Sequence[str], path: str) -> str:
       loaded.append((workdir, json.load(f)))
   methods = [results["method"] for _, results in loaded]
   checkpoints = loaded[0][1]["stream"]["checkpoints"]
-  runs = {}
+  names = []
   for workdir, results in loaded:
     if results["stream"]["checkpoints"] != checkpoints:
       raise ValueError(
@@ -328,6 +332,17 @@ def compare(workdirs: Sequence[str], path: str) -> str:
     name = results["method"]
     if methods.count(name) > 1:
       name += f", {results['steps']:,} steps"
+    names.append(name)
+  # Runs written before a stream setting existed ran at its default.
+  settings = [{key: results["config"].get(key, getattr(Config, key))
+               for key in STREAM_LABELS} for _, results in loaded]
+  runs = {}
+  for (workdir, results), name, own in zip(loaded, names, settings):
+    twins = [other for other, twin in zip(settings, names) if twin == name]
+    differ = [key for key in STREAM_LABELS
+              if len({other[key] for other in twins}) > 1]
+    if differ:
+      name += ", " + " ".join(f"--{key}={own[key]}" for key in differ)
     if name in runs:
       name += f" ({workdir})"
     runs[name] = results
