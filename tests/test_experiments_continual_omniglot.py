@@ -88,6 +88,23 @@ def test_the_rate_table_bolds_the_rate_picked_at_each_checkpoint():
       "| 1e-05 | **12.5** | 6.2 |"]
 
 
+def test_rates_of_a_fine_grid_keep_their_own_labels():
+  # ANML's released grid has 3e-4 and 3.5e-4 and 2.5e-4 side by side.
+  grid = (1e-3, 3.5e-4, 3e-4, 2.5e-4, 1.5e-4, 9e-5, 1e-7)
+  assert [co.format_rate(lr) for lr in grid] == [
+      "1e-03", "3.5e-04", "3e-04", "2.5e-04", "1.5e-04", "9e-05", "1e-07"]
+  results = {"method": "anml",
+             "stream": {"runs": 5, "selection_runs": 5, "checkpoints": [50],
+                        "lrs": [3.5e-4, 2.5e-4], "selected_lr": [2.5e-4],
+                        "per_lr": {"test": [[0.25], [0.5]],
+                                   "train": [[0.5], [0.75]]},
+                        "test": [{"mean": 0.5, "ci95": 0.01}],
+                        "train": [{"mean": 0.75, "ci95": 0.02}]}}
+  assert co.rate_table("anml", results).splitlines()[2:] == [
+      "| 3.5e-04 | 25.0 |", "| 2.5e-04 | **50.0** |"]
+  assert co.format_results(results).splitlines()[-1].endswith(" 2.5e-04")
+
+
 def test_bad_settings_are_refused_before_any_work(shared_data_dir,
                                                   omniglot_cache, tmp_path):
   with pytest.raises(ValueError, match="scratch is not trained"):

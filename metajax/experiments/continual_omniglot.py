@@ -264,10 +264,21 @@ def _plot(path: str, runs: Dict[str, Dict]) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("accuracy over the classes learnt (95% CI)")
-  axes[0].legend()
-  fig.tight_layout()
+  # Below the plots, two runs a row: run names with their settings are
+  # long, and inside an axis they would hide the curves.
+  rows = -(-len(runs) // 2)
+  fig.set_size_inches(11, 4 + 0.3 * rows)
+  fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center",
+             ncol=min(len(runs), 2), frameon=False)
+  fig.tight_layout(rect=(0, 0.3 * rows / (4 + 0.3 * rows), 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def format_rate(lr: float) -> str:
+  """`lr` in scientific notation with the digits that tell it apart from
+  its neighbours in a grid: 3e-04, 3.5e-04."""
+  return np.format_float_scientific(lr, trim="-", exp_digits=2)
 
 
 def format_results(results: Dict) -> str:
@@ -281,7 +292,7 @@ def format_results(results: Dict) -> str:
                            stream["test"], stream["selected_lr"]):
     lines.append(f"{k:>8} {100 * tr['mean']:>9.2f}% ± "
                  f"{100 * tr['ci95']:<5.2f} {100 * te['mean']:>9.2f}% ± "
-                 f"{100 * te['ci95']:<5.2f} {lr:>8.0e}")
+                 f"{100 * te['ci95']:<5.2f} {format_rate(lr):>8}")
   return "\n".join(lines)
 
 
@@ -299,7 +310,7 @@ def rate_table(name: str, results: Dict) -> str:
     cells = [f"{100 * acc:.1f}" for acc in row]
     cells = [f"**{cell}**" if picked == lr else cell
              for cell, picked in zip(cells, stream["selected_lr"])]
-    lines.append(f"| {lr:.0e} | " + " | ".join(cells) + " |")
+    lines.append(f"| {format_rate(lr)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
