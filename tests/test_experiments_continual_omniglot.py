@@ -66,6 +66,16 @@ def test_a_run_trains_streams_and_writes_its_results(
   rows = co.compare([workdir, twin], str(tmp_path / "twins.png")).splitlines()
   assert [r.split(" | ")[0] for r in rows[2:4]] == [
       f"| {method}, 4 steps", f"| {method}, 4 steps ({twin})"]
+  # A run from before --stream_head existed does not record it: its head
+  # is unknown, so the workdir names it, not the flag's default.
+  with open(os.path.join(zeros, "results.json")) as f:
+    old = json.load(f)
+  del old["config"]["stream_head"]
+  with open(os.path.join(zeros, "results.json"), "w") as f:
+    json.dump(old, f)
+  rows = co.compare([zeros, workdir], str(tmp_path / "old.png")).splitlines()
+  assert [r.split(" | ")[0] for r in rows[2:4]] == [
+      f"| {method}, 4 steps", f"| {method}, 4 steps ({workdir})"]
   with open(os.path.join(zeros, "results.json")) as f:
     other = json.load(f)
   other["stream"]["checkpoints"] = [3]

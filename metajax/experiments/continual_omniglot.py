@@ -344,14 +344,17 @@ def compare(workdirs: Sequence[str], path: str) -> str:
     if methods.count(name) > 1:
       name += f", {results['steps']:,} steps"
     names.append(name)
-  # Runs written before a stream setting existed ran at its default.
-  settings = [{key: results["config"].get(key, getattr(Config, key))
-               for key in STREAM_LABELS} for _, results in loaded]
+  # Runs written before a setting existed lack it; its default then may
+  # not be what they ran (online Adam was once the default), so such a
+  # setting names none of them.
+  settings = [{key: results["config"].get(key) for key in STREAM_LABELS}
+              for _, results in loaded]
   runs = {}
   for (workdir, results), name, own in zip(loaded, names, settings):
     twins = [other for other, twin in zip(settings, names) if twin == name]
     differ = [key for key in STREAM_LABELS
-              if len({other[key] for other in twins}) > 1]
+              if None not in {other[key] for other in twins}
+              and len({other[key] for other in twins}) > 1]
     if differ:
       name += ", " + " ".join(f"--{key}={own[key]}" for key in differ)
     if name in runs:
