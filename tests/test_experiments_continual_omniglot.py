@@ -20,6 +20,16 @@ def _config(data_dir, cache, **kw):
   return co.Config(**base)
 
 
+def _edit_results(workdir, edit):
+  """Rewrites `workdir`'s results.json after `edit(results)`."""
+  path = os.path.join(workdir, "results.json")
+  with open(path) as f:
+    results = json.load(f)
+  edit(results)
+  with open(path, "w") as f:
+    json.dump(results, f)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["oml", "pretrain"])
 def test_a_run_trains_streams_and_writes_its_results(
@@ -68,19 +78,11 @@ def test_a_run_trains_streams_and_writes_its_results(
       f"| {method}, 4 steps", f"| {method}, 4 steps ({twin})"]
   # A run from before --stream_head existed does not record it: its head
   # is unknown, so the workdir names it, not the flag's default.
-  with open(os.path.join(zeros, "results.json")) as f:
-    old = json.load(f)
-  del old["config"]["stream_head"]
-  with open(os.path.join(zeros, "results.json"), "w") as f:
-    json.dump(old, f)
+  _edit_results(zeros, lambda r: r["config"].pop("stream_head"))
   rows = co.compare([zeros, workdir], str(tmp_path / "old.png")).splitlines()
   assert [r.split(" | ")[0] for r in rows[2:4]] == [
       f"| {method}, 4 steps", f"| {method}, 4 steps ({workdir})"]
-  with open(os.path.join(zeros, "results.json")) as f:
-    other = json.load(f)
-  other["stream"]["checkpoints"] = [3]
-  with open(os.path.join(zeros, "results.json"), "w") as f:
-    json.dump(other, f)
+  _edit_results(zeros, lambda r: r["stream"].update(checkpoints=[3]))
   with pytest.raises(ValueError, match=r"zeros was scored after \[3\] "
                      r"classes, .* after \[3, 6\]"):
     co.compare([workdir, zeros], str(tmp_path / "bad.png"))
