@@ -266,11 +266,11 @@ def _plot(path: str, runs: Dict[str, Dict]) -> None:
   axes[0].set_ylabel("accuracy over the classes learnt (95% CI)")
   # Below the plots, two runs a row: run names with their settings are
   # long, and inside an axis they would hide the curves.
-  rows = -(-len(runs) // 2)
-  fig.set_size_inches(11, 4 + 0.3 * rows)
+  legend_height = 0.3 * -(-len(runs) // 2)  # inches
+  fig.set_size_inches(11, 4 + legend_height)
   fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center",
              ncol=min(len(runs), 2), frameon=False)
-  fig.tight_layout(rect=(0, 0.3 * rows / (4 + 0.3 * rows), 1, 1))
+  fig.tight_layout(rect=(0, legend_height / (4 + legend_height), 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
